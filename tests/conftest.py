@@ -47,3 +47,29 @@ def smol_tokenizer():
     from grads.models import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template, saved as a plain HF folder."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    model = tiny_llama(vocab_size=len(smol_tokenizer), tied=True, hidden=32)
+    model.save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def medmcqa_dir(tmp_path_factory):
+    from grads.bundled import prepare_medmcqa
+
+    path = tmp_path_factory.mktemp("medmcqa")
+    prepare_medmcqa(path)
+    return path
+
+
+def write_jsonl(path, records):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

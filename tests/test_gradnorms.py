@@ -64,6 +64,7 @@ EXAMPLES = [
     example(2, 12, 9, repeat=True),
     example(3, 30, 2),  # long prompt, short answer
     example(4, 3, 14),
+    ([0, 5, 9, 0, 11, 0, 3], [IGNORE_INDEX] * 3 + [0, 11, 0, 3]),  # the pad token as real text (SmolLM2 style)
 ]
 
 

@@ -235,7 +235,7 @@ def normalise(record: dict[str, Any], fmt: str, path: Path, line: int
             msgs = ({"role": "user", "content": prompt}, {"role": "assistant", "content": completion})
             return msgs, (prompt, completion)
         if prompt is None or completion is None:
-            raise GradsError("field 'prompt' or 'completion' is null", path=path, line=line,
+            raise GradsError("field 'prompt' or 'completion' is missing or null", path=path, line=line,
                              hint=f"prompt-completion records need {_EXPECTED[fmt]}")
         p = [{"role": "user", "content": _nonempty_str(record, "prompt", path, line, fmt)}] \
             if isinstance(prompt, str) else _check_messages(prompt, "prompt", path, line)

@@ -49,6 +49,7 @@ class ModelParts:
     embed_scale: float | Tensor  # e_t = embed_scale · E[x_t] (Gemma3-style scaled embeddings), else 1
     logit_softcap: float | None  # Gemma2-style z = c·tanh(z_raw / c)
     tied: bool
+    padding_idx: int | None  # the embedding row nn.Embedding never updates
 
 
 def locate_parts(model: nn.Module) -> ModelParts:
@@ -73,6 +74,7 @@ def locate_parts(model: nn.Module) -> ModelParts:
         embed_scale=getattr(embedding, "embed_scale", 1.0),
         logit_softcap=getattr(hf.config, "final_logit_softcapping", None),
         tied=head_weight is embedding.weight,
+        padding_idx=getattr(embedding, "padding_idx", None),
     )
 
 
@@ -223,9 +225,12 @@ def per_example_grad_norms(model: nn.Module, batch: dict[str, Tensor], *, tied_t
         grad_hidden_all = torch.zeros_like(hidden_all, dtype=torch.float32).scatter_add_(1, index,
                                                                                          head.grad_hidden)
         (grad_embeds,) = torch.autograd.grad(hidden_all, embeds, grad_outputs=grad_hidden_all.to(hidden_all.dtype))
-    grad_embeds = grad_embeds.float() * parts.embed_scale * mask.unsqueeze(-1)
+    # nn.Embedding never gives its padding_idx row a gradient, even where that token is real text
+    # (SmolLM2 pads with <|im_end|>), so those positions do not count towards G_emb.
+    counted = mask if parts.padding_idx is None else mask & (input_ids != parts.padding_idx)
+    grad_embeds = grad_embeds.float() * parts.embed_scale * counted.unsqueeze(-1)
 
-    emb_sq = embedding_sq_norms(input_ids, grad_embeds, mask)
+    emb_sq = embedding_sq_norms(input_ids, grad_embeds, counted)
     nan = torch.full_like(head.loss, float("nan"))
     has_target = n_target > 0
     out = {

