@@ -72,6 +72,59 @@ def score(
     typer.echo(f"scores: {path}")
 
 
+@app.command("select")
+def select_cmd(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    ratio: Annotated[list[float] | None, typer.Option("--ratio", "-r", help="fraction to keep, in (0, 1]; "
+                                                      "repeat for several")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help="grads (default), grads-auto, grads-high, "
+                      "grads-low, emb-only, head-only, random, full, length, loss, ifd, gradnorm; repeatable")] = None,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="0 = score the base model")] = 1.0,
+    warmup_fraction: Annotated[float, typer.Option("--warmup-fraction", help="warm up on this seeded fraction")] = 1.0,
+    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="warm-up, random baseline and tie-free seed")] = 0,
+    signal: Annotated[str, typer.Option("--signal", help="zsum | robust-zsum | emb | head | "
+                                                         "zsum-length-residual")] = "zsum",
+    bandwidth: Annotated[str, typer.Option("--bandwidth", help="scott | silverman | a factor")] = "scott",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="scoring and training batch size")] = 8,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="warm-up learning rate (default 2e-4 LoRA, "
+                                                                     "2e-5 full)")] = None,
+    max_length: MaxLenOpt = 512,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Warm up, score every example at the warm-up model, and select subsets by each method and ratio.
+
+    Writes OUT/scores.parquet, OUT/selected/<method>-<ratio>.jsonl (input rows verbatim, input order),
+    OUT/selection.json and OUT/report.html. Rerunning reuses the warm-up and the scores.
+
+    Example: grads select --model smollm2-135m-instruct --data pool.jsonl --out runs/sel --ratio 0.05 --ratio 0.5
+    """
+    from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, TrainConfig
+    from grads.pipeline import run_select
+
+    job = _configs(lambda: SelectJob(
+        model=ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+        data=DataConfig(data=data, format=format, max_length=max_length, limit=limit),
+        score=ScoreConfig(batch_size=batch_size),
+        train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+        select=SelectConfig(methods=tuple(method or ["grads"]), ratios=tuple(ratio or [0.05]), seed=seed,
+                            warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction, signal=signal,
+                            bandwidth=bandwidth),
+        out=out))
+    summary = run_select(job, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    for name, entry in summary["outputs"].items():
+        extra = f" (ratio chosen: {entry['ratio']:.3f}; {entry['rule']})" if "rule" in entry else ""
+        typer.echo(f"{out / 'selected' / name}: {entry['n_selected']} examples{extra}")
+    typer.echo(f"report: {out / 'report.html'}")
+
+
 @data_app.command("prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="bundled data set: medmcqa")],

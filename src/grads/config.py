@@ -48,3 +48,49 @@ class ScoreJob(StageConfig):
     data: DataConfig
     score: ScoreConfig = ScoreConfig()
     out: Path
+
+
+class TrainConfig(StageConfig):
+    """Supervised fine-tuning (warm-up and final runs share it) with TRL's SFTTrainer."""
+
+    lora: bool = Field(True, description="LoRA adapters (default) or full fine-tuning")
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target: str = Field("all-linear", description="PEFT target_modules (never the embedding or LM head)")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float | None = Field(None, gt=0, description="None: 2e-4 with LoRA, 2e-5 full")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    save_steps: int = Field(25, gt=0, description="checkpoint every N optimizer steps (a rerun resumes there)")
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (2e-4 if self.lora else 2e-5)
+
+
+class SelectConfig(StageConfig):
+    """`grads select`: warm-up length, the signal and density choices, methods and ratios."""
+
+    methods: tuple[str, ...] = ("grads",)
+    ratios: tuple[float, ...] = (0.05,)
+    seed: int = 0
+    warmup_epochs: float = Field(1.0, ge=0, description="0 scores the base model without a warm-up")
+    warmup_fraction: float = Field(1.0, gt=0, le=1, description="warm up on a seeded random fraction of the pool")
+    signal: str = Field("zsum", description="zsum | robust-zsum | emb | head | zsum-length-residual")
+    bandwidth: str = Field("scott", description="scott | silverman | a number (factor times the std)")
+    bandwidth_scale: float = Field(1.0, gt=0)
+    kde: Literal["auto", "exact", "binned"] = "auto"
+
+
+class SelectJob(StageConfig):
+    """Everything `grads select` needs."""
+
+    model: ModelConfig
+    data: DataConfig
+    score: ScoreConfig = ScoreConfig()
+    train: TrainConfig = TrainConfig()
+    select: SelectConfig = SelectConfig()
+    out: Path

@@ -128,6 +128,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, record
 
 
+def raw_rows(path: str | Path) -> list[str]:
+    """Each record as JSON text, in input order: a JSONL file's own lines verbatim, other files re-serialised."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.dumps(record, ensure_ascii=False, default=str) for _, record in read_records(path)]
+
+
 def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))

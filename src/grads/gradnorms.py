@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
-LOGITS_BUDGET = 1 << 25  # floats of (batch × targets × vocab-chunk) logits held at once (128 MB in fp32)
+LOGITS_BUDGET = 1 << 26  # floats of (batch × targets × vocab-chunk) logits held at once (256 MB in fp32)
 
 
 @dataclass

@@ -192,3 +192,29 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
         "seconds": round(time.perf_counter() - started, 2),
     }
     return finish(out_dir, table, meta)
+
+
+@torch.no_grad()
+def answer_only_losses(model, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> list[float]:
+    """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only."""
+    alone = []
+    for ex in examples:
+        answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
+        alone.append(TokenizedExample(ex.id, ex.row, answer, list(answer)))
+    device = next(model.parameters()).device
+    out = [math.nan] * len(alone)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_idx in plan_batches(alone, batch_size):
+            batch = collate([alone[i] for i in batch_idx], pad_id, "right", device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)[:, 1:]
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
+                                                   ignore_index=IGNORE_INDEX, reduction="none")
+            n = (labels != IGNORE_INDEX).sum(1)
+            for j, i in enumerate(batch_idx):
+                out[i] = float(ce[j].sum() / n[j])
+    finally:
+        model.train(was_training)
+    return out

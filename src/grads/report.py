@@ -1,0 +1,195 @@
+"""report.html: a self-contained page (plots embedded, opens offline) with PNG copies in OUT/plots/.
+
+Shows the combined signal's histogram and KDE with each ratio's selected region shaded, the embedding-vs-head
+scatter coloured by selection, the signal against answer length with its correlation, the excluded examples
+and why, the overlap between methods, and the most and least representative examples (all text escaped).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import pearsonr, spearmanr  # noqa: E402
+
+from grads import atomic  # noqa: E402
+from grads.kde import kde_exact  # noqa: E402
+from grads.selection import SignalConfig  # noqa: E402
+
+COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def _save(fig, path: Path) -> bytes:
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                                                    metadata={"Software": None}))
+    plt.close(fig)
+    return path.read_bytes()
+
+
+def _selected_rows(frame: pd.DataFrame, entry: dict) -> np.ndarray:
+    return frame["id"].isin(set(entry["ids"])).to_numpy()
+
+
+def _focus_outputs(summary: dict) -> list[tuple[str, dict]]:
+    """The outputs of the main method (grads if asked, else the first), smallest ratio last (drawn on top)."""
+    outputs = list(summary["outputs"].items())
+    methods = [e["method"] for _, e in outputs]
+    focus = "grads" if "grads" in methods else methods[0]
+    chosen = [(name, e) for name, e in outputs if e["method"] == focus]
+    return sorted(chosen, key=lambda item: -(item[1]["ratio"] or 1.0))
+
+
+def plot_signal(frame, summary, path: Path) -> bytes:
+    ok = frame["status"] == "ok"
+    s = frame.loc[ok, "combined"].to_numpy()
+    h = summary["signal"]["bandwidth"]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    ax.hist(s, bins=min(60, max(10, len(s) // 10)), density=True, color="#c7d7ea", edgecolor="white",
+            label="combined signal s")
+    grid = np.linspace(s.min() - 3 * h, s.max() + 3 * h, 600)
+    curve = kde_exact(s, h, grid) if len(s) <= 20000 else kde_exact(np.random.default_rng(0).choice(s, 20000), h,
+                                                                     grid)
+    ax.plot(grid, curve, color="black", lw=1.5, label=f"KDE (h = {h:.3g})")
+    dens = frame["density"].to_numpy()
+    for colour, (name, entry) in zip(COLOURS, _focus_outputs(summary)):
+        picked = _selected_rows(frame, entry)
+        if picked.sum() == 0:
+            continue
+        sel_s = frame.loc[picked, "combined"].to_numpy()
+        if entry["method"] in ("grads", "grads-auto", "emb-only", "head-only"):
+            level = np.nanmin(dens[picked])
+            region = curve >= level
+        else:
+            region = (grid >= sel_s.min()) & (grid <= sel_s.max())
+        ax.fill_between(grid, 0, curve, where=region, color=colour, alpha=0.3,
+                        label=f"{name.removesuffix('.jsonl')}: {int(picked.sum())} selected")
+    ax.set_xlabel("s = z(log ‖∂L/∂E‖) + z(log ‖∂L/∂W‖)" if summary["signal"]["signal"] == "zsum"
+                  else f"signal ({summary['signal']['signal']})")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title("Combined gradient signal, its density, and the selected regions")
+    return _save(fig, path)
+
+
+def plot_scatter(frame, summary, path: Path) -> bytes:
+    ok = (frame["status"] == "ok").to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    a, b = np.log10(frame["emb_grad_norm"].to_numpy()), np.log10(frame["head_grad_norm"].to_numpy())
+    ax.scatter(a[ok], b[ok], s=8, color="#bbbbbb", label="not selected", linewidths=0)
+    for colour, (name, entry) in zip(COLOURS, _focus_outputs(summary)):
+        picked = _selected_rows(frame, entry) & ok
+        ax.scatter(a[picked], b[picked], s=10, color=colour, label=name.removesuffix(".jsonl"), linewidths=0)
+    ax.set_xlabel("log10 ‖∂L/∂E‖ (input embedding)")
+    ax.set_ylabel("log10 ‖∂L/∂W‖ (LM head)")
+    ax.legend(fontsize=8)
+    ax.set_title("Per-example gradient norms, coloured by selection")
+    return _save(fig, path)
+
+
+def length_correlation(frame) -> dict[str, float]:
+    ok = frame["status"] == "ok"
+    n, s = frame.loc[ok, "n_target_tokens"].to_numpy().astype(float), frame.loc[ok, "combined"].to_numpy()
+    if len(s) < 3 or np.ptp(n) == 0 or np.ptp(s) == 0:
+        return {"pearson_log_length": float("nan"), "spearman": float("nan")}
+    return {"pearson_log_length": float(pearsonr(np.log(n), s)[0]), "spearman": float(spearmanr(n, s)[0])}
+
+
+def plot_length(frame, corr, path: Path) -> bytes:
+    ok = frame["status"] == "ok"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(frame.loc[ok, "n_target_tokens"], frame.loc[ok, "combined"], s=8, alpha=0.6, linewidths=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("answer length (target tokens)")
+    ax.set_ylabel("combined signal s")
+    ax.set_title(f"Signal vs answer length: Pearson r (log length) = {corr['pearson_log_length']:.2f}, "
+                 f"Spearman ρ = {corr['spearman']:.2f}", fontsize=9)
+    return _save(fig, path)
+
+
+def overlap_table(summary: dict) -> tuple[list[str], list[list[float]]]:
+    names = list(summary["outputs"])
+    sets = [set(summary["outputs"][n]["ids"]) for n in names]
+    matrix = [[len(x & y) / max(len(x | y), 1) for y in sets] for x in sets]
+    return names, matrix
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _preview(text: str, limit: int = 300) -> str:
+    try:
+        record = json.loads(text)
+        text = " | ".join(str(v) for k, v in record.items() if k != "id")
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: SignalConfig,
+                 rows: list[str] | None = None) -> Path:
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    ok = frame["status"] == "ok"
+    corr = length_correlation(frame)
+    sections = []
+    if ok.sum() >= 2:
+        sections.append(_img(plot_signal(frame, summary, plots / "signal_kde.png"), "signal and KDE"))
+        sections.append(_img(plot_scatter(frame, summary, plots / "emb_vs_head.png"), "embedding vs head"))
+        sections.append(_img(plot_length(frame, corr, plots / "signal_vs_length.png"), "signal vs length"))
+    counts = summary["status_counts"]
+    excluded = [[status, n, {"no_target": "no answer token (empty, or cut by --max-length)",
+                             "nonfinite": "loss or norm is NaN/inf"}.get(status, "")]
+                for status, n in counts.items() if status != "ok"]
+    outputs = [[name, e["method"], "" if e["ratio"] is None else f"{e['ratio']:.4g}", e["n_selected"],
+                e.get("rule", "")] for name, e in summary["outputs"].items()]
+    names, matrix = overlap_table(summary)
+    overlap = _table(["Jaccard overlap"] + names, [[n] + [f"{v:.2f}" for v in row] for n, row in zip(names, matrix)])
+    examples = ""
+    if rows is not None and ok.sum() > 0:
+        order = frame.loc[ok].sort_values(["density", "id"], ascending=[False, True])
+        pick = [("most representative (highest density)", order.head(5)),
+                ("least representative (lowest density)", order.tail(5))]
+        examples = "".join(f"<h3>{html.escape(title)}</h3>" + _table(
+            ["id", "density", "s", "example"],
+            [[r.id, f"{r.density:.4g}", f"{r.combined:.3f}", _preview(rows[int(r.row)])] for r in part.itertuples()])
+            for title, part in pick)
+    inp = summary["input"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>grads selection report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:0.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;
+text-align:left;vertical-align:top}}img{{max-width:100%;margin:0.5em 0}}code{{background:#f3f3f3}}</style></head><body>
+<h1>grads selection report</h1>
+<p>Input <code>{html.escape(inp['path'])}</code> ({inp['n_examples']} examples, format {html.escape(inp['format'])},
+sha256 {html.escape(inp['sha256'][:16])}…). Eligible for selection: {summary['n_eligible']}.
+Model <code>{html.escape(summary['settings']['model']['model'])}</code>; scores at
+{html.escape(str(summary['warmup_model'] or 'the base model (no warm-up)'))}.
+Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.bandwidth))} × {cfg.bandwidth_scale:g}
+= {summary['signal']['bandwidth']:.4g}.</p>
+<h2>Selections</h2>{_table(["file", "method", "ratio", "selected", "rule"], outputs)}
+<h2>Signal and density</h2>{"".join(sections[:1])}
+<h2>Embedding vs LM-head norm</h2>{"".join(sections[1:2])}
+<h2>Length bias</h2><p>Correlation of the signal with answer length: Pearson r with log length
+{corr['pearson_log_length']:.3f}, Spearman ρ {corr['spearman']:.3f}.</p>{"".join(sections[2:3])}
+<h2>Excluded examples</h2>{_table(["status", "count", "why"], excluded) if excluded else "<p>None: every example was scored.</p>"}
+<h2>Overlap between selections</h2>{overlap}
+<h2>Examples</h2>{examples or "<p>(not shown)</p>"}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    atomic.write_text(path, page)
+    return path

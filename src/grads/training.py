@@ -1,0 +1,92 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on grads' own tokenised examples (answer-only labels).
+
+Used for the warm-up (θ0 → θ1) and for `grads train`. Checkpoints are saved every `save_steps`; a rerun
+resumes from the last one, and a finished run (OUT/model with done.json) is reused as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from grads import atomic
+from grads.config import ModelConfig, TrainConfig
+from grads.data import TokenizedExample
+from grads.errors import GradsError
+
+DONE = "done.json"
+
+
+def finished_model(out_dir: str | Path) -> Path | None:
+    final = Path(out_dir) / "model"
+    return final if (final / DONE).exists() else None
+
+
+def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExample], out_dir: str | Path,
+              cfg: TrainConfig, fingerprint: str, progress: bool = True) -> Path:
+    """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
+    import datasets
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from grads.models import load_model, pick_device
+
+    out_dir = Path(out_dir)
+    final = out_dir / "model"
+    if (final / DONE).exists():
+        if json.loads((final / DONE).read_text()).get("fingerprint") != fingerprint:
+            raise GradsError("folder holds a finished training run with other settings", path=out_dir,
+                             hint="use another output folder, or delete this one")
+        return final
+    trainable = [ex for ex in examples if ex.n_target_tokens > 0]
+    if not trainable:
+        raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
+    dataset = datasets.Dataset.from_dict({"input_ids": [ex.input_ids for ex in trainable],
+                                          "labels": [ex.labels for ex in trainable]})
+    device = pick_device(model_cfg.device)
+    model = load_model(model_cfg.model, dtype=model_cfg.dtype, device=model_cfg.device,
+                       trust_remote_code=model_cfg.trust_remote_code)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target, task_type="CAUSAL_LM")
+    on_gpu = device.type == "cuda"
+    args = SFTConfig(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio,
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=2, report_to=[], use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported() and model.dtype == torch.bfloat16, fp16=False,
+        max_length=None, packing=False, disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
+    try:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
+                                       "loss_history": losses, "steps": trainer.state.global_step,
+                                       "examples": len(trainable), "resumed_from": last,
+                                       "config": cfg.model_dump(mode="json"), "base_model": model_cfg.model})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return final
