@@ -161,8 +161,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise GradsError(f"cannot read parquet: {err}", path=path) from None
-    for i, record in enumerate(table.to_pylist(), start=1):
-        yield i, record
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _read_saved_dataset(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -177,8 +176,7 @@ def _read_saved_dataset(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise GradsError(f"folder holds splits {list(ds)} and none is 'train'", path=path,
                              hint="point at the split folder itself")
         ds = ds["train"]
-    for i, record in enumerate(ds, start=1):
-        yield i, record
+    yield from enumerate(ds, start=1)
 
 
 # ------------------------------------------------------------------------------------------ normalising

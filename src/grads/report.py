@@ -169,6 +169,8 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: S
             [[r.id, f"{r.density:.4g}", f"{r.combined:.3f}", _preview(rows[int(r.row)])] for r in part.itertuples()])
             for title, part in pick)
     inp = summary["input"]
+    excluded_html = _table(["status", "count", "why"], excluded) if excluded else \
+        "<p>None: every example was scored.</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>grads selection report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:0.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;
@@ -185,7 +187,7 @@ Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.ba
 <h2>Embedding vs LM-head norm</h2>{"".join(sections[1:2])}
 <h2>Length bias</h2><p>Correlation of the signal with answer length: Pearson r with log length
 {corr['pearson_log_length']:.3f}, Spearman ρ {corr['spearman']:.3f}.</p>{"".join(sections[2:3])}
-<h2>Excluded examples</h2>{_table(["status", "count", "why"], excluded) if excluded else "<p>None: every example was scored.</p>"}
+<h2>Excluded examples</h2>{excluded_html}
 <h2>Overlap between selections</h2>{overlap}
 <h2>Examples</h2>{examples or "<p>(not shown)</p>"}
 </body></html>

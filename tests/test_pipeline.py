@@ -1,0 +1,144 @@
+"""`grads select` end to end on a tiny model: every output file's contents, reuse on rerun, determinism,
+and an escaped report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+from grads.cli import app
+from grads.scoring import collate
+from grads.selection import RULES, select
+
+METHODS = list(RULES)
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory, medmcqa_dir):
+    """28 real MedMCQA records, one carrying HTML, one whose prompt is far longer than --max-length."""
+    records = [json.loads(line) for line in (medmcqa_dir / "pool.jsonl").read_text().splitlines()[:26]]
+    records[3]["completion"] = "Answer: A. <script>alert('x')</script> & more"
+    records.append({"id": "long-prompt", "prompt": "word " * 400, "completion": "Answer: B."})
+    records.append({"id": "short", "prompt": "Which vitamin?", "completion": "Answer: C. Vitamin C"})
+    return write_jsonl(tmp_path_factory.mktemp("pool") / "pool.jsonl", records)
+
+
+def run(pool_file, out, *extra):
+    args = ["select", "--model", str(pool_file.parent.parent / "model"), "--data", str(pool_file), "--out",
+            str(out), "--max-length", "64", "--batch-size", "8", "--ratio", "0.1", "--ratio", "0.5", "--quiet",
+            *[x for m in METHODS for x in ("--method", m)], *extra]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def selected(pool_file, tiny_model_dir, tmp_path_factory):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, pool_file.parent.parent / "model", dirs_exist_ok=True)
+    out = tmp_path_factory.mktemp("sel") / "run"
+    run(pool_file, out)
+    return out
+
+
+def test_outputs_hold_the_chosen_rows_verbatim_in_input_order(selected, pool_file):
+    lines = pool_file.read_text().splitlines()
+    summary = json.loads((selected / "selection.json").read_text())
+    frame = pq.read_table(selected / "scores.parquet").to_pandas()
+    assert {"combined", "density", "answer_only_loss", "emb_grad_norm", "head_grad_norm"} <= set(frame.columns)
+    assert len(frame) == 28 and list(frame["row"]) == list(range(28))
+    assert summary["status_counts"] == {"ok": 28} and summary["n_eligible"] == 28
+    long = frame.loc[frame["id"] == "long-prompt"].iloc[0]  # prompt cut from the left, answer kept whole
+    assert long["n_tokens"] == 64 and long["truncated_tokens"] > 300 and long["status"] == "ok"
+    assert summary["truncation"]["n_truncated"] >= 1
+    expected_files = {f"{m}.jsonl" for m in ["full", "grads-auto"]} | \
+        {f"{m}-{r}.jsonl" for m in METHODS if m not in ("full", "grads-auto") for r in ["0.1", "0.5"]}
+    assert {p.name for p in (selected / "selected").iterdir()} == expected_files == set(summary["outputs"])
+    for name, entry in summary["outputs"].items():
+        written = (selected / "selected" / name).read_text().splitlines()
+        # the selection recomputed from the saved table, independently of the run
+        picked = select(frame, entry["method"], entry["ratio"] if entry["method"] != "grads-auto" else None, 0)
+        assert written == [lines[i] for i in picked], name
+        assert entry["ids"] == list(frame["id"].iloc[picked]) and entry["n_selected"] == len(picked)
+        if entry["method"] not in ("full", "grads-auto", "ifd"):
+            assert len(picked) == int(np.ceil(entry["ratio"] * 28 - 1e-9)), name
+    assert summary["outputs"]["full.jsonl"]["n_selected"] == 28
+    assert "knee" in summary["outputs"]["grads-auto.jsonl"]["rule"]
+    assert summary["input"]["sha256"] and summary["versions"]["torch"].startswith("2.13")
+    assert summary["settings"]["select"]["ratios"] == [0.1, 0.5]
+
+
+def test_scores_are_those_of_the_warm_up_model(selected, pool_file):
+    from grads.data import load_pool, tokenize_example
+    from grads.gradnorms import per_example_grad_norms
+    from grads.models import load_model, load_tokenizer
+
+    warm = selected / "warmup" / "model"
+    done = json.loads((warm / "done.json").read_text())
+    assert done["examples"] == 28 and done["steps"] == 4  # one epoch over 28 examples in batches of 8
+    model, tokenizer = load_model(str(warm)), load_tokenizer(str(warm))
+    assert type(model).__name__ == "PeftModelForCausalLM"
+    example = load_pool(pool_file).examples[0]
+    tok = tokenize_example(tokenizer, example, 64)
+    want = per_example_grad_norms(model, collate([tok], tokenizer.pad_token_id))
+    frame = pq.read_table(selected / "scores.parquet").to_pandas()
+    assert frame["head_grad_norm"].iloc[0] == pytest.approx(want["head"].item(), rel=1e-4)
+    assert frame["emb_grad_norm"].iloc[0] == pytest.approx(want["embedding"].item(), rel=1e-4)
+
+
+def test_rerun_reuses_warm_up_and_scores_and_is_byte_identical(selected, pool_file, tmp_path):
+    before = {p.name: p.read_bytes() for p in (selected / "selected").iterdir()}
+    warm_mtime = (selected / "warmup" / "model" / "adapter_model.safetensors").stat().st_mtime_ns
+    scores_mtime = (selected / "score" / "scores.parquet").stat().st_mtime_ns
+    result = run(pool_file, selected)
+    assert "reusing finished scores" in result.output
+    assert (selected / "warmup" / "model" / "adapter_model.safetensors").stat().st_mtime_ns == warm_mtime
+    assert (selected / "score" / "scores.parquet").stat().st_mtime_ns == scores_mtime
+    assert {p.name: p.read_bytes() for p in (selected / "selected").iterdir()} == before
+
+
+def test_a_fresh_run_with_the_same_seed_is_byte_identical(selected, pool_file, tmp_path):
+    again = tmp_path / "again"
+    run(pool_file, again)
+    for path in (selected / "selected").iterdir():
+        assert (again / "selected" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_report_shows_the_plots_and_escapes_example_text(selected):
+    page = (selected / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for png in ["signal_kde.png", "emb_vs_head.png", "signal_vs_length.png"]:
+        assert (selected / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<script>" not in page and "&lt;script&gt;" in page and "Jaccard" in page
+    assert "Pearson r" in page
+
+
+def test_a_folder_with_another_run_is_refused(selected, pool_file, capsys):
+    from grads.cli import main
+
+    before = (selected / "selection.json").read_bytes()
+    args = ["select", "--model", str(pool_file.parent.parent / "model"), "--data", str(pool_file), "--out",
+            str(selected), "--max-length", "48", "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "already holds a selection made with other model, data, warm-up or scoring settings" in \
+        capsys.readouterr().err
+    assert (selected / "selection.json").read_bytes() == before
+
+
+def test_bad_ratio_and_method_exit_2(pool_file, tmp_path, capsys):
+    from grads.cli import main
+
+    for extra, message in [(["--ratio", "1.5"], "--ratio must be in (0, 1]"), (["--method", "best"],
+                                                                               "unknown method")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["select", "--model", "x", "--data", str(pool_file), "--out", str(tmp_path / "o"), *extra])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()

@@ -1,0 +1,150 @@
+"""Each selection rule on hand-made score tables, with the exact ids it must return."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from grads.selection import (
+    SignalConfig,
+    auto_ratio,
+    combined_signal,
+    density,
+    knee_index,
+    n_keep,
+    select,
+)
+
+
+def table(emb, head, loss=None, n_target=None, status=None, tied=None, answer_only=None) -> pd.DataFrame:
+    n = len(emb)
+    frame = pd.DataFrame({
+        "id": [f"e{i}" for i in range(n)], "row": np.arange(n),
+        "n_target_tokens": n_target if n_target is not None else [5] * n,
+        "loss": loss if loss is not None else [1.0] * n,
+        "emb_grad_norm": emb, "head_grad_norm": head,
+        "tied_grad_norm": tied if tied is not None else [math.nan] * n,
+        "status": status if status is not None else ["ok"] * n,
+    })
+    if answer_only is not None:
+        frame["answer_only_loss"] = answer_only
+    return frame
+
+
+def ids(frame, picked):
+    return list(frame["id"].iloc[picked])
+
+
+# a cluster of five similar examples around norm 1, two outliers above, one far below
+EMB = [1.0, 1.05, 0.95, 1.02, 0.98, 3.0, 4.0, 0.1]
+HEAD = [2.0, 2.1, 1.9, 2.05, 1.95, 6.0, 9.0, 0.2]
+
+
+def test_signal_is_the_sum_of_standardised_log_norms():
+    frame = table(EMB, HEAD)
+    la, lb = np.log(EMB), np.log(HEAD)
+    want = (la - la.mean()) / la.std() + (lb - lb.mean()) / lb.std()
+    np.testing.assert_allclose(combined_signal(frame), want)
+
+
+def test_grads_keeps_the_dense_cluster_and_auto_ratio_reports_its_rule():
+    from scipy.stats import gaussian_kde
+
+    frame = table(EMB, HEAD)
+    s = combined_signal(frame)
+    dens = gaussian_kde(s)(s)  # independent density: scipy on the same signal
+    for ratio, k in [(0.25, 2), (0.5, 4)]:
+        want = sorted(f"e{i}" for i in np.argsort(-dens)[:k])
+        got = ids(frame, select(frame, "grads", ratio))
+        assert got == want and set(got) <= {"e0", "e1", "e2", "e3", "e4"}
+    assert ids(frame, select(frame, "grads-high", 0.25)) == ["e5", "e6"]
+    assert ids(frame, select(frame, "grads-low", 0.125)) == ["e7"]
+    ratio, rule = auto_ratio(frame)
+    assert 0 < ratio <= 1 and "knee" in rule
+    assert len(select(frame, "grads-auto", None)) == round(ratio * 8)
+
+
+def test_emb_only_and_head_only_use_one_norm():
+    emb = [1.0, 1.0, 1.0, 5.0, 9.0]
+    head = [7.0, 1.0, 3.0, 3.0, 3.0]
+    frame = table(emb, head)
+    assert ids(frame, select(frame, "emb-only", 0.6)) == ["e0", "e1", "e2"]
+    assert ids(frame, select(frame, "head-only", 0.6)) == ["e2", "e3", "e4"]
+
+
+def test_baselines_pick_exactly_what_they_promise():
+    frame = table([1, 2, 3, 4, 5.0], [5, 4, 3, 2, 1.0], loss=[0.5, 2.0, 1.0, 3.0, 0.1], n_target=[9, 3, 7, 1, 2],
+                  tied=[math.nan] * 5, answer_only=[1.0, 1.0, 2.0, 2.0, 0.05])
+    assert ids(frame, select(frame, "length", 0.4)) == ["e0", "e2"]
+    assert ids(frame, select(frame, "loss", 0.4)) == ["e1", "e3"]
+    # ifd = loss / answer_only = [0.5, 2, 0.5, 1.5, 2]: only e0 and e2 are below 1, tied at 0.5
+    assert ids(frame, select(frame, "ifd", 0.6)) == ["e0", "e2"]
+    # total norm sqrt(a²+b²): equal for e0/e4 (26) and e1/e3 (20); ties broken by the id hash, stably
+    top2 = ids(frame, select(frame, "gradnorm", 0.4))
+    assert set(top2) == {"e0", "e4"}
+    assert ids(frame, select(frame, "full", None)) == ["e0", "e1", "e2", "e3", "e4"]
+
+
+def test_gradnorm_uses_the_tied_total_when_present():
+    frame = table([1, 1, 1.0], [1, 1, 1.0], tied=[0.5, 3.0, 1.0])
+    assert ids(frame, select(frame, "gradnorm", 0.33)) == ["e1"]
+
+
+def test_random_is_seeded_nested_and_reproducible():
+    frame = table(list(np.linspace(1, 2, 40)), list(np.linspace(1, 2, 40)))
+    small, large = select(frame, "random", 0.1, seed=3), select(frame, "random", 0.5, seed=3)
+    assert set(small) <= set(large) and len(small) == 4 and len(large) == 20
+    np.testing.assert_array_equal(select(frame, "random", 0.5, seed=3), large)
+    assert not np.array_equal(select(frame, "random", 0.5, seed=4), large)
+
+
+def test_excluded_rows_are_never_selected_except_by_full():
+    frame = table([1.0, 1.0, 2.0, 9.0], [1.0, 1.0, 2.0, 9.0], status=["ok", "no_target", "ok", "nonfinite"],
+                  loss=[1.0, math.nan, 2.0, math.nan])
+    for method in ["grads", "grads-high", "grads-low", "random", "loss", "length", "gradnorm"]:
+        picked = ids(frame, select(frame, method, 1.0))
+        assert set(picked) == {"e0", "e2"}, method
+    assert len(select(frame, "full", None)) == 4
+    assert np.isnan(combined_signal(frame)[[1, 3]]).all()
+
+
+def test_ratio_rounds_up_and_is_checked():
+    assert n_keep(100, 0.05) == 5 and n_keep(101, 0.05) == 6 and n_keep(3, 1.0) == 3 and n_keep(10, 0.3) == 3
+    with pytest.raises(ValueError):
+        n_keep(10, 0)
+    with pytest.raises(ValueError):
+        n_keep(10, 1.5)
+
+
+def test_ties_are_broken_by_id_hash_not_row_order():
+    frame = table([1.0] * 6, [1.0] * 6)
+    picked = ids(frame, select(frame, "grads", 0.5))
+    shuffled = frame.iloc[[5, 3, 1, 0, 2, 4]].reset_index(drop=True)
+    assert sorted(picked) == sorted(ids(shuffled, select(shuffled, "grads", 0.5)))
+
+
+def test_length_residual_signal_removes_the_length_trend():
+    n = np.array([2, 4, 8, 16, 32, 64.0])
+    emb = 1 / np.sqrt(n) * np.array([1, 1.1, 0.9, 1.0, 1.05, 0.95])
+    frame = table(list(emb), list(emb * 2), n_target=list(n.astype(int)))
+    plain = combined_signal(frame)
+    residual = combined_signal(frame, "zsum-length-residual")
+    assert abs(np.corrcoef(np.log(n), plain)[0, 1]) > 0.95
+    assert abs(np.corrcoef(np.log(n), residual)[0, 1]) < 1e-6
+
+
+def test_knee_of_a_normal_density_curve():
+    x = np.random.default_rng(0).normal(size=20000)
+    dens = np.sort(np.exp(-x * x / 2))[::-1]
+    # for normal data the chord distance peaks at |z| = 2/sqrt(2π), i.e. keeping P(|Z| < 0.798) = 57.5%
+    assert knee_index(dens) / len(dens) == pytest.approx(0.575, abs=0.01)
+
+
+def test_density_config_changes_bandwidth():
+    frame = table(EMB, HEAD)
+    _, _, h1 = density(frame, SignalConfig())
+    _, _, h2 = density(frame, SignalConfig(bandwidth_scale=2.0))
+    assert h2 == pytest.approx(2 * h1)
