@@ -1,0 +1,280 @@
+"""`grads experiment CONFIG.yaml --out DIR`: the whole learn-more/forget-less protocol from one config.
+
+    base evaluation → one warm-up + scoring (shared) → selection per method × ratio × seed
+    → fine-tune θ0 on each subset (and on the full pool) per seed → evaluate each → summary.md/.csv + plot
+
+Every finished run is a file (DIR/runs/<run>/results.json); a rerun skips them, so a long grid can be finished
+over several sittings. G (domain gain) and F (forgetting) follow docs/method.md:
+    G = mean domain accuracy − the base model's;  F = mean over general tasks of (base − fine-tuned accuracy).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from grads import atomic
+from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, StageConfig, TrainConfig
+from grads.errors import GradsError
+from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
+
+
+class EvalConfig(StageConfig):
+    domain_tasks: tuple[str, ...] = DOMAIN_TASKS
+    general_tasks: tuple[str, ...] = GENERAL_TASKS
+    limit: int | None = Field(200, gt=0, description="questions per task (a fixed subset, the same for all runs)")
+    batch_size: int = Field(16, gt=0)
+
+
+class ExperimentConfig(StageConfig):
+    model: str = "smollm2-135m-instruct"
+    data: str = Field("medmcqa", description="'medmcqa' (bundled: prepared into DIR/data) or a pool file")
+    pool_limit: int | None = Field(600, gt=0)
+    max_length: int = 256
+    methods: tuple[str, ...] = ("random", "grads", "grads-high", "gradnorm")
+    ratios: tuple[float, ...] = (0.05, 0.25, 0.5)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    include_full: bool = True
+    selection_signal: str = "zsum"
+    warmup_epochs: float = 1.0
+    warmup_fraction: float = 1.0
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    device: str = "auto"
+    dtype: str = "auto"
+    score_batch_size: int = 8
+    order: Literal["by-seed", "by-method"] = "by-seed"
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise GradsError("config file not found", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise GradsError(f"not valid YAML: {getattr(err, 'problem', err)}", path=path,
+                         line=mark.line + 1 if mark else None) from None
+    try:
+        return ExperimentConfig(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise GradsError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", path=path) from None
+    except TypeError as err:
+        raise GradsError(f"config must be a mapping of settings: {err}", path=path) from None
+
+
+def run_name(method: str, ratio: float | None, seed: int) -> str:
+    return f"{method}-s{seed}" if ratio is None else f"{method}-{ratio:g}-s{seed}"
+
+
+def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
+    runs = []
+    for seed in cfg.seeds:
+        if cfg.include_full:
+            runs.append(("full", None, seed))
+        for ratio in cfg.ratios:
+            for method in cfg.methods:
+                runs.append((method, ratio, seed))
+    if cfg.order == "by-method":
+        runs.sort(key=lambda r: (r[0], r[1] or 1.0, r[2]))
+    return runs
+
+
+def _evaluate_to(path: Path, model_name: str, cfg: ExperimentConfig, log) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    from grads.evaluation import evaluate
+    from grads.models import load_model, load_tokenizer
+
+    model = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
+    tokenizer = load_tokenizer(model_name)
+    started = time.perf_counter()
+    results = evaluate(model, tokenizer, list(cfg.eval.domain_tasks + cfg.eval.general_tasks), cfg.eval.limit,
+                       cfg.eval.batch_size, log)
+    payload = {"model": model_name, "tasks": results, "seconds": round(time.perf_counter() - started, 1)}
+    atomic.write_json(path, payload)
+    return payload
+
+
+def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs: int | None = None) -> Path:
+    from grads import bundled
+    from grads.data import load_pool, raw_rows, tokenize_pool
+    from grads.models import load_tokenizer
+    from grads.pipeline import load_scores, run_select
+    from grads.selection import SignalConfig, select
+    from grads.training import train_sft
+
+    cfg = load_config(config_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(mode="json"):
+        raise GradsError("folder holds an experiment with another config", path=out,
+                         hint="use another --out, or the same config")
+    atomic.write_json(saved, cfg.model_dump(mode="json"))
+
+    if cfg.data == "medmcqa":
+        if not (out / "data" / "prepare.json").exists():
+            bundled.prepare_medmcqa(out / "data")
+        pool_path = out / "data" / "pool.jsonl"
+    else:
+        pool_path = Path(cfg.data)
+    model_cfg = ModelConfig(model=cfg.model, dtype=cfg.dtype, device=cfg.device)
+    data_cfg = DataConfig(data=pool_path, max_length=cfg.max_length, limit=cfg.pool_limit)
+
+    log("base model: evaluating")
+    base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, log)
+
+    selection_methods = tuple(dict.fromkeys(m for m in cfg.methods))
+    job = SelectJob(model=model_cfg, data=data_cfg, score=ScoreConfig(batch_size=cfg.score_batch_size),
+                    train=cfg.train,
+                    select=SelectConfig(methods=selection_methods or ("grads",), ratios=cfg.ratios, seed=0,
+                                        warmup_epochs=cfg.warmup_epochs, warmup_fraction=cfg.warmup_fraction,
+                                        signal=cfg.selection_signal),
+                    out=out / "select")
+    run_select(job, log=log)
+    frame = load_scores(out / "select")
+    signal_cfg = SignalConfig(cfg.selection_signal)
+
+    pool = load_pool(pool_path, None, cfg.pool_limit)
+    rows = raw_rows(pool_path)[: len(pool.examples)]
+    tokenizer = load_tokenizer(cfg.model)
+    examples, _ = tokenize_pool(tokenizer, pool, cfg.max_length)
+    done = 0
+    for method, ratio, seed in planned_runs(cfg):
+        name = run_name(method, ratio, seed)
+        run_dir = out / "runs" / name
+        if (run_dir / "results.json").exists():
+            continue
+        if max_runs is not None and done >= max_runs:
+            break
+        picked = select(frame, method, ratio, seed, signal_cfg)
+        atomic.write_text(run_dir / "train.jsonl", "".join(rows[i] + "\n" for i in picked))
+        train_cfg = cfg.train.model_copy(update={"seed": seed})
+        fingerprint = train_cfg.fingerprint(model=cfg.model, ids=[examples[i].id for i in picked],
+                                            max_length=cfg.max_length)
+        log(f"{name}: fine-tuning on {len(picked)} examples")
+        started = time.perf_counter()
+        model_dir = train_sft(model_cfg, tokenizer, [examples[i] for i in picked], run_dir, train_cfg, fingerprint,
+                              progress=False)
+        train_s = time.perf_counter() - started
+        log(f"{name}: evaluating")
+        result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
+        atomic.write_json(run_dir / "results.json", {
+            "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
+            "train_seconds": round(train_s, 1), "tasks": result["tasks"],
+            "train_loss": json.loads((model_dir / "done.json").read_text())["train_loss"]})
+        done += 1
+    write_summary(out, cfg, base)
+    return out / "summary.md"
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def gain_and_forgetting(result_tasks: dict, base_tasks: dict, domain: tuple[str, ...],
+                        general: tuple[str, ...]) -> tuple[float, float]:
+    """G = mean domain accuracy − base; F = mean over general tasks of (base − run)."""
+    dom = [t for t in domain if t in result_tasks and t in base_tasks]
+    gen = [t for t in general if t in result_tasks and t in base_tasks]
+    g = statistics.fmean(result_tasks[t]["accuracy"] - base_tasks[t]["accuracy"] for t in dom) if dom else math.nan
+    f = statistics.fmean(base_tasks[t]["accuracy"] - result_tasks[t]["accuracy"] for t in gen) if gen else math.nan
+    return g, f
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: list[dict], base_tasks: dict, domain, general) -> list[dict]:
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["ratio"]), []).append(r)
+    rows = []
+    for (method, ratio), runs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
+        gf = [gain_and_forgetting(r["tasks"], base_tasks, domain, general) for r in runs]
+        g_mean, g_std = mean_std([g for g, _ in gf])
+        f_mean, f_std = mean_std([f for _, f in gf])
+        row = {"method": method, "ratio": ratio, "seeds": sorted(r["seed"] for r in runs), "G_mean": g_mean,
+               "G_std": g_std, "F_mean": f_mean, "F_std": f_std}
+        for task in list(domain) + list(general):
+            accs = [r["tasks"][task]["accuracy"] for r in runs if task in r["tasks"]]
+            row[task] = mean_std(accs)[0]
+        rows.append(row)
+    return rows
+
+
+def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
+    domain, general = cfg.eval.domain_tasks, cfg.eval.general_tasks
+    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
+               if p.parent.name != "base"]
+    rows = aggregate(results, base["tasks"], domain, general)
+    buffer = io.StringIO()
+    fields = ["method", "ratio", "n_seeds", "G_mean", "G_std", "F_mean", "F_std", *domain, *general]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{k: row[k] for k in fields if k in row}, "n_seeds": len(row["seeds"]),
+                         "ratio": "" if row["ratio"] is None else row["ratio"]})
+    atomic.write_text(out / "summary.csv", buffer.getvalue())
+
+    lines = ["# Experiment summary", "",
+             f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), "
+             f"{cfg.eval.limit} questions per task. G = mean domain accuracy gain over the base model "
+             f"({', '.join(domain)}); F = mean general-task accuracy lost ({', '.join(general)}). "
+             "Mean ± std over seeds.", "",
+             "Base model: " + ", ".join(f"{t} {base['tasks'][t]['accuracy']:.3f}" for t in [*domain, *general]
+                                        if t in base["tasks"]), "",
+             "| method | ratio | seeds | G (mean ± std) | F (mean ± std) | " + " | ".join([*domain, *general]) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(domain) + len(general))]
+    for row in rows:
+        ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
+        accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in [*domain, *general])
+        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {row['G_mean']:+.3f} ± {row['G_std']:.3f} "
+                     f"| {row['F_mean']:+.3f} ± {row['F_std']:.3f} | {accs} |")
+    lines += ["", "Per run:", "", "| run | n_train | G | F | train loss |", "|---|---|---|---|---|"]
+    for r in results:
+        g, f = gain_and_forgetting(r["tasks"], base["tasks"], domain, general)
+        lines.append(f"| {r['run']} | {r['n_train']} | {g:+.3f} | {f:+.3f} | {r['train_loss']:.3f} |")
+    atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
+    _plot(out / "g_vs_f.png", rows)
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = {0.05: "o", 0.25: "s", 0.5: "^", None: "*"}
+    methods = sorted({r["method"] for r in rows})
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for r in rows:
+        if math.isnan(r["G_mean"]) or math.isnan(r["F_mean"]):
+            continue
+        ax.errorbar(r["F_mean"], r["G_mean"], xerr=r["F_std"], yerr=r["G_std"], fmt=markers.get(r["ratio"], "D"),
+                    color=colours[r["method"]], capsize=3, ms=8,
+                    label=f"{r['method']} {'full' if r['ratio'] is None else r['ratio']}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("F: forgetting (mean general accuracy lost) → worse")
+    ax.set_ylabel("G: domain gain (accuracy over base) → better")
+    ax.set_title("Learn more (up), forget less (left): mean ± std over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)

