@@ -41,7 +41,8 @@ def load(model_name: str):
 
 
 def batches(tokenizer, n_batches: int, batch_size: int, lo: int, hi: int):
-    """Real MedMCQA examples whose length lies in [lo, hi], batched as grads score would."""
+    """Real MedMCQA examples whose length lies in [lo, hi], batched as grads score batches a pool: sorted by
+    length, so neighbours in a batch have nearly the same length (a window from the middle of that order)."""
     import tempfile
 
     from grads.bundled import prepare_medmcqa
@@ -52,9 +53,10 @@ def batches(tokenizer, n_batches: int, batch_size: int, lo: int, hi: int):
         prepare_medmcqa(tmp)
         pool = load_pool(f"{tmp}/pool.jsonl", limit=2000)
     examples, _ = tokenize_pool(tokenizer, pool, max_length=hi)
-    chosen = [ex for ex in examples if lo <= ex.n_tokens <= hi and ex.n_target_tokens > 0]
-    chosen = chosen[: n_batches * batch_size]
-    chosen.sort(key=lambda ex: ex.n_tokens)
+    chosen = sorted((ex for ex in examples if lo <= ex.n_tokens <= hi and ex.n_target_tokens > 0),
+                    key=lambda ex: (ex.n_tokens, ex.row))
+    start = max(0, len(chosen) // 2 - n_batches * batch_size // 2)
+    chosen = chosen[start:start + n_batches * batch_size]
     return [collate(chosen[i:i + batch_size], tokenizer.pad_token_id)
             for i in range(0, len(chosen), batch_size)], chosen
 
@@ -104,6 +106,8 @@ def child(args) -> None:
     n = sum(b["input_ids"].shape[0] for b in data)
     print(json.dumps({"method": args.only, "examples": n, "seconds": seconds, "s_per_example": seconds / n,
                       "tokens_per_example": sum(ex.n_tokens for ex in examples) / len(examples),
+                      "padding_fraction": 1 - sum(int(b["attention_mask"].sum()) for b in data)
+                      / sum(b["attention_mask"].numel() for b in data),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_after_warmup_mb": rss_before / 1024}))
 
@@ -129,7 +133,8 @@ def main() -> None:
         results[method] = json.loads(out.strip().splitlines()[-1])
     ours, train, naive = results["grads_kernel"], results["train_step"], results["naive_loop"]
     print(f"model {args.model}, {ours['examples']} examples in batches of {args.batch_size}, "
-          f"{ours['tokens_per_example']:.0f} tokens/example on average, {args.threads} threads")
+          f"{ours['tokens_per_example']:.0f} tokens/example on average, padding {ours['padding_fraction']:.1%}, "
+          f"{args.threads} threads")
     for method in METHODS:
         r = results[method]
         print(f"  {method:13s} {r['s_per_example']:8.4f} s/example   peak RSS {r['peak_rss_mb']:7.0f} MB")

@@ -20,7 +20,7 @@ from grads.cli import app, main
 GRADS = [sys.executable, "-m", "grads.cli"]
 
 
-@pytest.mark.parametrize("command", [["score"], ["data", "prepare"], ["data", "inspect"], ["models", "cache"],
+@pytest.mark.parametrize("command", [["score"], ["select"], ["data", "prepare"], ["data", "inspect"], ["models", "cache"],
                                      ["models", "list"]])
 def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
@@ -29,7 +29,7 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_top_level_help_lists_the_commands():
     result = CliRunner().invoke(app, ["--help"])
-    for name in ["score", "data", "models"]:
+    for name in ["score", "select", "data", "models"]:
         assert name in result.output
 
 

@@ -135,3 +135,14 @@ def test_example_without_target_gets_nan_and_does_not_disturb_others():
     want = brute_force(model, *EXAMPLES[1])
     assert got["head"][2].item() == pytest.approx(want["head"], rel=RTOL)
     assert got["embedding"][2].item() == pytest.approx(want["embedding"], rel=RTOL)
+
+
+@pytest.mark.parametrize("head_rule", ["gram", "dense"])
+def test_both_exact_head_forms_match_brute_force(head_rule):
+    model = tiny_llama(tied=True)
+    batch = make_batch(EXAMPLES, "right")
+    got = per_example_grad_norms(model, batch, tied_total=True, head_rule=head_rule, vocab_chunk=25)
+    for i, (ids, labels) in enumerate(EXAMPLES):
+        want = brute_force(model, ids, labels)
+        for key in ["head", "tied_total"]:
+            assert got[key][i].item() == pytest.approx(want[key], rel=RTOL), (key, i)

@@ -11,6 +11,8 @@ G_head = Σ_t b_t a_tᵀ, so without ever forming the V×d matrix:
     ‖G_head‖²_F = Σ_{s,t∈S} (a_s·a_t)(b_s·b_t) = ⟨A Aᵀ, B Bᵀ⟩
 
 B Bᵀ is summed over vocabulary chunks, so the |S|×V logits of a long answer never sit in memory at once.
+When |S| > d the Gram form costs more (|S|²V) than the chunked dense product ‖Bᵀ_c A‖² (|S|Vd), so the
+cheaper of the two exact forms is used ("mixed" ghost norm, as in DP ghost clipping).
 
 Input embedding. With g_t = ∂L/∂e_t, the gradient at the embedding *output* e_t = E[x_t] (one backward pass
 to activations; no weight gradient anywhere), row v of G_emb collects the positions holding token v:
@@ -126,12 +128,14 @@ class HeadPass:
 
 
 def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: Tensor, token_weight: Tensor,
-              softcap: float | None = None, vocab_chunk: int | None = None) -> HeadPass:
+              softcap: float | None = None, vocab_chunk: int | None = None, head_rule: str = "auto") -> HeadPass:
     """Loss, ‖G_head‖² and ∂L/∂hidden from the target hidden states (B×K×d, fp32), chunked over the vocabulary.
 
-    token_weight is 1/|S| on valid target slots and 0 on padding slots.
+    token_weight is 1/|S| on valid target slots and 0 on padding slots. head_rule: "gram" (⟨AAᵀ, BBᵀ⟩),
+    "dense" (Σ_chunks ‖B_cᵀ A‖²) or "auto" (gram when K ≤ d).
     """
-    batch, k, _ = hidden.shape
+    batch, k, dim = hidden.shape
+    use_gram = head_rule == "gram" or (head_rule == "auto" and k <= dim)
     vocab = weight.shape[0]
     chunk = vocab_chunk or max(1024, LOGITS_BUDGET // max(batch * k, 1))
     bounds = [(lo, min(lo + chunk, vocab)) for lo in range(0, vocab, chunk)]
@@ -152,7 +156,8 @@ def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: 
     loss = ((lse - target_logit) * token_weight).sum(1)
 
     # pass 2: b = w (softmax − onehot) ⊙ dz, accumulate B Bᵀ and ∂L/∂a = B W
-    bbt = hidden.new_zeros(batch, k, k)
+    bbt = hidden.new_zeros(batch, k, k) if use_gram else None
+    dense_sq = hidden.new_zeros(batch)
     grad_hidden = torch.zeros_like(hidden)
     for lo, hi in bounds:
         w_chunk = weight[lo:hi].to(hidden.dtype)
@@ -163,10 +168,13 @@ def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: 
         b.scatter_add_(-1, (next_tokens - lo).clamp(0, hi - lo - 1).unsqueeze(-1),
                        -in_chunk.to(b.dtype).unsqueeze(-1))
         b = b * dz * token_weight.unsqueeze(-1)
-        bbt += b @ b.transpose(1, 2)
+        if use_gram:
+            bbt += b @ b.transpose(1, 2)
+        else:
+            dense_sq += (b.transpose(1, 2) @ hidden).square().sum((1, 2))
         grad_hidden += b @ w_chunk
-    aat = hidden @ hidden.transpose(1, 2)
-    return HeadPass(loss=loss, sq_norm=(aat * bbt).sum((1, 2)), grad_hidden=grad_hidden, logsumexp=lse)
+    sq_norm = (hidden @ hidden.transpose(1, 2) * bbt).sum((1, 2)) if use_gram else dense_sq
+    return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
 
 
 def embedding_sq_norms(input_ids: Tensor, grad_embeds: Tensor, mask: Tensor) -> Tensor:
@@ -198,7 +206,7 @@ def tied_cross_term(parts: ModelParts, hidden: Tensor, next_tokens: Tensor, toke
 
 
 def per_example_grad_norms(model: nn.Module, batch: dict[str, Tensor], *, tied_total: bool = False,
-                           vocab_chunk: int | None = None) -> dict[str, Tensor]:
+                           vocab_chunk: int | None = None, head_rule: str = "auto") -> dict[str, Tensor]:
     """Exact per-example ‖∂L_i/∂E‖_F ("embedding"), ‖∂L_i/∂W‖_F ("head") and L_i ("loss") for a batch.
 
     batch: input_ids, attention_mask, labels (B×T, labels -100 where not a target; left or right padding).
@@ -220,7 +228,7 @@ def per_example_grad_norms(model: nn.Module, batch: dict[str, Tensor], *, tied_t
         index = positions.unsqueeze(-1).expand(-1, -1, hidden_all.shape[-1])
         hidden = hidden_all.detach().gather(1, index).float()
         head = head_pass(hidden, parts.head_weight, parts.head_bias, next_tokens, token_weight,
-                         parts.logit_softcap, vocab_chunk)
+                         parts.logit_softcap, vocab_chunk, head_rule)
         # padding slots carry zero gradient, so adding them at their placeholder index changes nothing
         grad_hidden_all = torch.zeros_like(hidden_all, dtype=torch.float32).scatter_add_(1, index,
                                                                                          head.grad_hidden)
