@@ -125,6 +125,82 @@ def select_cmd(
     typer.echo(f"report: {out / 'report.html'}")
 
 
+@app.command()
+def train(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
+    epochs: Annotated[float, typer.Option("--epochs", help="passes over the data")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="default 2e-4 LoRA, 2e-5 full")] = None,
+    max_length: MaxLenOpt = 512,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Supervised fine-tuning with TRL's SFTTrainer, loss on the answers only -> OUT/model (adapter or model).
+
+    Checkpoints every 25 steps; rerun the same command to resume.
+
+    Example: grads train --model smollm2-135m-instruct --data runs/sel/selected/grads-0.05.jsonl --out runs/ft
+    """
+    from grads.config import DataConfig, ModelConfig, TrainConfig
+    from grads.data import load_pool, tokenize_pool
+    from grads.models import load_tokenizer
+    from grads.training import train_sft
+
+    model_cfg, data_cfg, train_cfg = _configs(lambda: (
+        ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+        DataConfig(data=data, format=format, max_length=max_length, limit=limit),
+        TrainConfig(lora=lora, epochs=epochs, seed=seed, batch_size=batch_size, learning_rate=learning_rate)))
+    pool = load_pool(data_cfg.data, data_cfg.format, data_cfg.limit)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    examples, _ = tokenize_pool(tokenizer, pool, max_length)
+    fingerprint = train_cfg.fingerprint(model=model_cfg.model_dump(mode="json"), data_sha256=pool.sha256,
+                                        data=data_cfg.model_dump(mode="json"))
+    path = train_sft(model_cfg, tokenizer, examples, out, train_cfg, fingerprint, progress=not quiet)
+    typer.echo(f"model: {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt,
+    out: OutOpt,
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="task names, 'domain', 'general', "
+                                                    "'all', or a .jsonl of question/choices/answer")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="questions per task (a fixed subset)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Log-likelihood multiple-choice accuracy (95% Wilson interval) per task -> OUT (a .json file).
+
+    Tasks: medmcqa, medmcqa_val, medqa (domain); arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande,
+    boolq (general); or your own JSONL file.
+
+    Example: grads eval --model runs/ft/model --tasks domain --tasks general --limit 100 --out results.json
+    """
+    from grads import atomic
+    from grads.evaluation import evaluate
+    from grads.models import load_model, load_tokenizer
+    from grads.tasks import expand, resolve_task
+
+    names = expand(tasks or ["all"])
+    for name in names:
+        resolve_task(name)  # unknown tasks fail before the model loads
+    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    results = evaluate(lm, tokenizer, names, limit, batch_size, log=lambda m: typer.echo(m, err=True))
+    atomic.write_json(out, {"model": model, "limit": limit, "tasks": results})
+    typer.echo(f"results: {out}")
+
+
 @data_app.command("prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="bundled data set: medmcqa")],

@@ -1,0 +1,41 @@
+"""Summary math on fixed inputs: G, F, mean ± std over seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from grads.experiment import ExperimentConfig, aggregate, gain_and_forgetting, planned_runs
+
+
+def tasks(**acc):
+    return {name: {"accuracy": value} for name, value in acc.items()}
+
+
+BASE = tasks(med=0.30, qa=0.20, arc=0.50, piqa=0.60)
+
+
+def test_gain_and_forgetting_by_definition():
+    run = tasks(med=0.40, qa=0.26, arc=0.45, piqa=0.61)
+    g, f = gain_and_forgetting(run, BASE, ("med", "qa"), ("arc", "piqa"))
+    assert g == pytest.approx(((0.40 - 0.30) + (0.26 - 0.20)) / 2)
+    assert f == pytest.approx(((0.50 - 0.45) + (0.60 - 0.61)) / 2)
+
+
+def test_aggregate_means_and_sample_std_over_seeds():
+    runs = [{"method": "grads", "ratio": 0.05, "seed": s, "tasks": tasks(med=m, qa=0.2, arc=a, piqa=0.6)}
+            for s, (m, a) in enumerate([(0.32, 0.50), (0.36, 0.48), (0.40, 0.46)])]
+    runs.append({"method": "full", "ratio": None, "seed": 0, "tasks": tasks(med=0.5, qa=0.2, arc=0.4, piqa=0.6)})
+    rows = {(r["method"], r["ratio"]): r for r in aggregate(runs, BASE, ("med", "qa"), ("arc", "piqa"))}
+    grads = rows[("grads", 0.05)]
+    # G per seed: 0.01, 0.03, 0.05 -> mean 0.03, sample std 0.02; F per seed: 0, 0.01, 0.02 -> 0.01 ± 0.01
+    assert grads["G_mean"] == pytest.approx(0.03) and grads["G_std"] == pytest.approx(0.02)
+    assert grads["F_mean"] == pytest.approx(0.01) and grads["F_std"] == pytest.approx(0.01)
+    assert grads["seeds"] == [0, 1, 2] and grads["med"] == pytest.approx(0.36)
+    full = rows[("full", None)]
+    assert full["G_mean"] == pytest.approx(0.10) and full["G_std"] == 0.0 and full["F_mean"] == pytest.approx(0.05)
+
+
+def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
+    cfg = ExperimentConfig(methods=("random", "grads"), ratios=(0.05, 0.5), seeds=(0, 1))
+    runs = planned_runs(cfg)
+    assert len(runs) == 2 * (1 + 2 * 2) and ("full", None, 1) in runs and ("grads", 0.5, 0) in runs

@@ -1,0 +1,40 @@
+"""`grads train` on a tiny model: it saves a model transformers can load, and the loss on the answers goes down.
+(LoRA training is exercised by the warm-up in test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from grads.cli import app
+from grads.data import load_pool, tokenize_pool
+from grads.gradnorms import per_example_grad_norms
+from grads.models import load_model, load_tokenizer
+from grads.scoring import collate
+
+
+def mean_answer_loss(model_name, pool_file):
+    tokenizer = load_tokenizer(model_name)
+    examples, _ = tokenize_pool(tokenizer, load_pool(pool_file, limit=16), 64)
+    losses = per_example_grad_norms(load_model(model_name), collate(examples, tokenizer.pad_token_id))["loss"]
+    return float(losses.mean())
+
+
+def test_train_lowers_the_answer_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir, medmcqa_dir):
+    pool = medmcqa_dir / "pool.jsonl"
+    before = mean_answer_loss(str(tiny_model_dir), pool)
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--data", str(pool), "--limit", "16",
+                                      "--max-length", "64", "--epochs", "3", "--full", "--lr", "1e-2", "--out",
+                                      str(tmp_path / "ft"), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "ft" / "model"
+    done = json.loads((model_dir / "done.json").read_text())
+    assert done["steps"] == 6 and done["examples"] == 16 and (model_dir / "config.json").exists()
+    after = mean_answer_loss(str(model_dir), pool)
+    assert after < before - 0.5, (before, after)
+    # a rerun of the same command reuses the finished model
+    again = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--data", str(pool), "--limit", "16",
+                                     "--max-length", "64", "--epochs", "3", "--full", "--lr", "1e-2", "--out",
+                                     str(tmp_path / "ft"), "--quiet"], catch_exceptions=False)
+    assert again.exit_code == 0 and json.loads((model_dir / "done.json").read_text()) == done
