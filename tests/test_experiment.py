@@ -1,6 +1,8 @@
-"""Summary math on fixed inputs: G, F, mean ± std over seeds."""
+"""Summary math on fixed inputs (G, F, mean ± std over seeds) and the experiment runner end to end."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -39,3 +41,31 @@ def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
     cfg = ExperimentConfig(methods=("random", "grads"), ratios=(0.05, 0.5), seeds=(0, 1))
     runs = planned_runs(cfg)
     assert len(runs) == 2 * (1 + 2 * 2) and ("full", None, 1) in runs and ("grads", 0.5, 0) in runs
+
+
+def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, tiny_model_dir):
+    import yaml
+    from typer.testing import CliRunner
+
+    from grads.cli import app
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "methods": ["random", "grads"],
+        "ratios": [0.5], "seeds": [0], "train": {"batch_size": 8},
+        "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["arc_easy", "winogrande"], "limit": 3}}))
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out), "--max-runs", "2"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    finished = sorted(p.parent.name for p in (out / "runs").glob("*/results.json"))
+    assert finished == ["base", "full-s0", "random-0.5-s0"]  # stopped after two new runs, in plan order
+    stamps = {name: (out / "runs" / name / "results.json").stat().st_mtime_ns for name in finished}
+    result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert all((out / "runs" / n / "results.json").stat().st_mtime_ns == t for n, t in stamps.items())
+    grads_run = json.loads((out / "runs" / "grads-0.5-s0" / "results.json").read_text())
+    assert grads_run["n_train"] == 8 and set(grads_run["tasks"]) == {"medmcqa", "arc_easy", "winogrande"}
+    summary = (out / "summary.md").read_text()
+    assert "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
+    assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()

@@ -201,6 +201,25 @@ def eval_cmd(
     typer.echo(f"results: {out}")
 
 
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Argument(help="experiment YAML (see results/*/config.yaml)")],
+    out: OutOpt,
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="stop after N new fine-tuning runs")] = None,
+) -> None:
+    """The whole protocol: base eval, warm-up + scoring, selection, fine-tune and evaluate every
+    method x ratio x seed (and the full pool), then OUT/summary.md, summary.csv and g_vs_f.png.
+
+    Resumable: finished runs are files under OUT/runs and are skipped on a rerun.
+
+    Example: grads experiment results/medmcqa-smollm2/config.yaml --out results/medmcqa-smollm2
+    """
+    from grads.experiment import run_experiment
+
+    summary = run_experiment(config, out, log=lambda m: typer.echo(m, err=True), max_runs=max_runs)
+    typer.echo(f"summary: {summary}")
+
+
 @data_app.command("prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="bundled data set: medmcqa")],
