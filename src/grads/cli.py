@@ -170,7 +170,7 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt,
-    out: OutOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="results file (.json)")],
     tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="task names, 'domain', 'general', "
                                                     "'all', or a .jsonl of question/choices/answer")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="questions per task (a fixed subset)")] = None,
