@@ -20,8 +20,8 @@ from grads.cli import app, main
 GRADS = [sys.executable, "-m", "grads.cli"]
 
 
-@pytest.mark.parametrize("command", [["score"], ["select"], ["data", "prepare"], ["data", "inspect"],
-                                     ["models", "cache"], ["models", "list"]])
+@pytest.mark.parametrize("command", [["score"], ["select"], ["train"], ["eval"], ["experiment"],
+                                     ["data", "prepare"], ["data", "inspect"], ["models", "cache"], ["models", "list"]])
 def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "Example: grads " + " ".join(command) in result.output
