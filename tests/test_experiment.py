@@ -35,6 +35,11 @@ def test_aggregate_means_and_sample_std_over_seeds():
     assert grads["seeds"] == [0, 1, 2] and grads["med"] == pytest.approx(0.36)
     full = rows[("full", None)]
     assert full["G_mean"] == pytest.approx(0.10) and full["G_std"] == 0.0 and full["F_mean"] == pytest.approx(0.05)
+    # a validation task is reported on its own (G_val) and changes neither G nor F
+    with_val = {(r["method"], r["ratio"]): r for r in aggregate(runs, BASE, ("qa",), ("arc", "piqa"), ("med",))}
+    assert with_val[("grads", 0.05)]["G_val_mean"] == pytest.approx(0.06)  # med 0.32/0.36/0.40 vs base 0.30
+    assert with_val[("grads", 0.05)]["G_val_std"] == pytest.approx(0.04)
+    assert with_val[("grads", 0.05)]["G_mean"] == pytest.approx(0.0)
 
 
 def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
@@ -53,7 +58,8 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     config.write_text(yaml.safe_dump({
         "model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "methods": ["random", "grads"],
         "ratios": [0.5], "seeds": [0], "train": {"batch_size": 8},
-        "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["arc_easy", "winogrande"], "limit": 3}}))
+        "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["arc_easy", "winogrande"], "limit": 3,
+                 "validation_tasks": ["medmcqa_val"], "limits": {"winogrande": 2}}}))
     out = tmp_path / "exp"
     result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out), "--max-runs", "2"],
                                 catch_exceptions=False)
@@ -65,7 +71,9 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     assert result.exit_code == 0, result.output
     assert all((out / "runs" / n / "results.json").stat().st_mtime_ns == t for n, t in stamps.items())
     grads_run = json.loads((out / "runs" / "grads-0.5-s0" / "results.json").read_text())
-    assert grads_run["n_train"] == 8 and set(grads_run["tasks"]) == {"medmcqa", "arc_easy", "winogrande"}
+    assert grads_run["n_train"] == 8 and set(grads_run["tasks"]) == {"medmcqa", "medmcqa_val", "arc_easy",
+                                                                                  "winogrande"}
+    assert grads_run["tasks"]["winogrande"]["n"] == 2 and grads_run["tasks"]["arc_easy"]["n"] == 3
     summary = (out / "summary.md").read_text()
-    assert "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
+    assert "G_val" in summary and "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
     assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()

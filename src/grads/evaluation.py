@@ -143,14 +143,14 @@ def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None
 
 
 def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = None, batch_size: int = 16,
-             log=None) -> dict[str, dict]:
+             log=None, limits: dict[str, int] | None = None) -> dict[str, dict]:
     results = {}
     was_training = model.training
     model.eval()
     try:
         for name in task_names:
             key, spec = resolve_task(name)
-            results[key] = evaluate_task(model, tokenizer, key, spec, limit, batch_size)
+            results[key] = evaluate_task(model, tokenizer, key, spec, (limits or {}).get(name, limit), batch_size)
             if log:
                 r = results[key]
                 log(f"{key}: {r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] (n={r['n']}, "

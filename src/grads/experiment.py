@@ -31,7 +31,14 @@ from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 class EvalConfig(StageConfig):
     domain_tasks: tuple[str, ...] = DOMAIN_TASKS
     general_tasks: tuple[str, ...] = GENERAL_TASKS
+    validation_tasks: tuple[str, ...] = Field(
+        (), description="tasks carved from the pool's side (e.g. medmcqa_val): reported as G_val, used to choose "
+        "variants; never part of G or F")
     limit: int | None = Field(200, gt=0, description="questions per task (a fixed subset, the same for all runs)")
+    limits: dict[str, int] = Field({}, description="per-task overrides of limit")
+
+    def all_tasks(self) -> list[str]:
+        return list(dict.fromkeys(self.domain_tasks + self.validation_tasks + self.general_tasks))
     batch_size: int = Field(16, gt=0)
 
 
@@ -100,8 +107,8 @@ def _evaluate_to(path: Path, model_name: str, cfg: ExperimentConfig, log) -> dic
     model = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
     tokenizer = load_tokenizer(model_name)
     started = time.perf_counter()
-    results = evaluate(model, tokenizer, list(cfg.eval.domain_tasks + cfg.eval.general_tasks), cfg.eval.limit,
-                       cfg.eval.batch_size, log)
+    results = evaluate(model, tokenizer, cfg.eval.all_tasks(), cfg.eval.limit, cfg.eval.batch_size, log,
+                       limits=cfg.eval.limits)
     payload = {"model": model_name, "tasks": results, "seconds": round(time.perf_counter() - started, 1)}
     atomic.write_json(path, payload)
     return payload
@@ -200,7 +207,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(results: list[dict], base_tasks: dict, domain, general) -> list[dict]:
+def aggregate(results: list[dict], base_tasks: dict, domain, general, validation=()) -> list[dict]:
     groups: dict[tuple[str, float | None], list[dict]] = {}
     for r in results:
         groups.setdefault((r["method"], r["ratio"]), []).append(r)
@@ -211,7 +218,10 @@ def aggregate(results: list[dict], base_tasks: dict, domain, general) -> list[di
         f_mean, f_std = mean_std([f for _, f in gf])
         row = {"method": method, "ratio": ratio, "seeds": sorted(r["seed"] for r in runs), "G_mean": g_mean,
                "G_std": g_std, "F_mean": f_mean, "F_std": f_std}
-        for task in list(domain) + list(general):
+        if validation:
+            row["G_val_mean"], row["G_val_std"] = mean_std(
+                [gain_and_forgetting(r["tasks"], base_tasks, validation, ())[0] for r in runs])
+        for task in [*domain, *validation, *general]:
             accs = [r["tasks"][task]["accuracy"] for r in runs if task in r["tasks"]]
             row[task] = mean_std(accs)[0]
         rows.append(row)
@@ -219,12 +229,14 @@ def aggregate(results: list[dict], base_tasks: dict, domain, general) -> list[di
 
 
 def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
-    domain, general = cfg.eval.domain_tasks, cfg.eval.general_tasks
+    domain, general, val = cfg.eval.domain_tasks, cfg.eval.general_tasks, cfg.eval.validation_tasks
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
                if p.parent.name != "base"]
-    rows = aggregate(results, base["tasks"], domain, general)
+    rows = aggregate(results, base["tasks"], domain, general, val)
+    tasks = [*domain, *val, *general]
     buffer = io.StringIO()
-    fields = ["method", "ratio", "n_seeds", "G_mean", "G_std", "F_mean", "F_std", *domain, *general]
+    fields = ["method", "ratio", "n_seeds", "G_mean", "G_std", "F_mean", "F_std",
+              *(["G_val_mean", "G_val_std"] if val else []), *tasks]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for row in rows:
@@ -236,20 +248,26 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
              f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), "
              f"{cfg.eval.limit} questions per task. G = mean domain accuracy gain over the base model "
              f"({', '.join(domain)}); F = mean general-task accuracy lost ({', '.join(general)}). "
-             "Mean ± std over seeds.", "",
-             "Base model: " + ", ".join(f"{t} {base['tasks'][t]['accuracy']:.3f}" for t in [*domain, *general]
-                                        if t in base["tasks"]), "",
-             "| method | ratio | seeds | G (mean ± std) | F (mean ± std) | " + " | ".join([*domain, *general]) + " |",
-             "|---|---|---|---|---|" + "---|" * (len(domain) + len(general))]
+             + (f"G_val = the same gain on the validation task(s) ({', '.join(val)}), the only figure used to "
+                "choose variants. " if val else "")
+             + "Mean ± std over seeds.", "",
+             "Base model: " + ", ".join(f"{t} {base['tasks'][t]['accuracy']:.3f} (n={base['tasks'][t]['n']})"
+                                        for t in tasks if t in base["tasks"]), "",
+             "| method | ratio | seeds | G (mean ± std) | F (mean ± std) | " + ("G_val | " if val else "")
+             + " | ".join(tasks) + " |",
+             "|---|---|---|---|---|" + ("---|" if val else "") + "---|" * len(tasks)]
     for row in rows:
         ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
-        accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in [*domain, *general])
+        accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in tasks)
+        g_val = f"{row['G_val_mean']:+.3f} ± {row['G_val_std']:.3f} | " if val else ""
         lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {row['G_mean']:+.3f} ± {row['G_std']:.3f} "
-                     f"| {row['F_mean']:+.3f} ± {row['F_std']:.3f} | {accs} |")
-    lines += ["", "Per run:", "", "| run | n_train | G | F | train loss |", "|---|---|---|---|---|"]
+                     f"| {row['F_mean']:+.3f} ± {row['F_std']:.3f} | {g_val}{accs} |")
+    lines += ["", "Per run:", "", "| run | n_train | G | F | " + ("G_val | " if val else "") + "train loss |",
+              "|---|---|---|---|" + ("---|" if val else "") + "---|"]
     for r in results:
         g, f = gain_and_forgetting(r["tasks"], base["tasks"], domain, general)
-        lines.append(f"| {r['run']} | {r['n_train']} | {g:+.3f} | {f:+.3f} | {r['train_loss']:.3f} |")
+        g_val = f"{gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0]:+.3f} | " if val else ""
+        lines.append(f"| {r['run']} | {r['n_train']} | {g:+.3f} | {f:+.3f} | {g_val}{r['train_loss']:.3f} |")
     atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
     _plot(out / "g_vs_f.png", rows)
 
