@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,57 +266,94 @@ def content_id(record: dict[str, Any]) -> str:
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def load_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> Pool:
-    """Read and validate every record (no model is needed, so bad input fails before any model loads)."""
+def iter_examples(path: str | Path, fmt: str | None = None, limit: int | None = None) -> Iterator[Example]:
+    """Read, validate and normalise records one at a time (the pool is never held in memory at once).
+
+    The first record decides the format (unless forced) and where ids come from; an error names the file, the
+    line and what was expected. `load_pool` is this, collected.
+    """
     path = Path(path)
     if fmt is not None and fmt not in FORMATS:
         raise GradsError(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
-    records: list[tuple[int, dict[str, Any]]] = []
-    for line, record in read_records(path):
-        records.append((line, record))
-        if limit is not None and len(records) >= limit:
+    ids = _IdAssigner(path)
+    row = -1
+    for row, (line, record) in enumerate(read_records(path)):
+        if limit is not None and row >= limit:
             break
-    if not records:
+        if fmt is None:
+            fmt = detect_format(record)
+            if fmt is None:
+                raise GradsError(f"cannot tell the format from the fields {sorted(record)[:8]}", path=path,
+                                 line=line, hint="records need 'messages', or 'prompt'+'completion', or "
+                                                 "'instruction'+'output' (or pass --format)")
+        messages, plain = normalise(record, fmt, path, line)
+        yield Example(id=ids(line, record), row=row, messages=messages, plain=plain)
+    if row < 0:
         raise GradsError("no records found (the input is empty)", path=path,
                          hint="give a file with at least one example")
-    if fmt is None:
-        fmt = detect_format(records[0][1])
-        if fmt is None:
-            raise GradsError(f"cannot tell the format from the fields {sorted(records[0][1])[:8]}",
-                             path=path, line=records[0][0],
-                             hint="records need 'messages', or 'prompt'+'completion', or 'instruction'+'output'"
-                                  " (or pass --format)")
-    normalised = [normalise(rec, fmt, path, line) for line, rec in records]
-    ids, id_source = _assign_ids(records, path)
-    examples = [Example(id=i, row=row, messages=msgs, plain=plain)
-                for row, (i, (msgs, plain)) in enumerate(zip(ids, normalised))]
-    return Pool(path=path, format=fmt, sha256=file_sha256(path), examples=examples, id_source=id_source)
 
 
-def _assign_ids(records: Sequence[tuple[int, dict[str, Any]]], path: Path) -> tuple[list[str], str]:
-    has_id = ["id" in rec and rec["id"] is not None for _, rec in records]
-    if any(has_id):
-        if not all(has_id):
-            line = records[has_id.index(False)][0]
-            raise GradsError("some records have an 'id' field and this one does not", path=path, line=line,
-                             hint="give every record an id, or remove the field from all of them")
-        ids = [str(rec["id"]) for _, rec in records]
-        counts = Counter(ids)
-        dups = [i for i, c in counts.items() if c > 1]
-        if dups:
-            first = dups[0]
-            lines = [line for (line, _), i in zip(records, ids) if i == first][:3]
-            raise GradsError(f"duplicate id {first!r} (lines {lines}); {len(dups)} id(s) repeat", path=path,
-                             line=lines[1], hint="ids must be unique: fix them or drop the 'id' field to use "
-                                                 "content hashes")
-        return ids, "field"
-    seen: Counter[str] = Counter()
-    ids = []
-    for _, rec in records:
-        base = content_id(rec)
-        seen[base] += 1
-        ids.append(base if seen[base] == 1 else f"{base}-{seen[base] - 1}")  # identical records stay distinct
-    return ids, "content-hash"
+@dataclass
+class PoolInfo:
+    """What a full validating pass over a pool learns, without keeping its examples."""
+
+    path: Path
+    format: str
+    sha256: str
+    n_examples: int
+    id_source: str
+
+
+def scan_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> PoolInfo:
+    """Validate every record (so bad input fails before any model loads), streaming; keep only counts."""
+    path = Path(path)
+    n = sum(1 for _ in iter_examples(path, fmt, limit))
+    first = next(read_records(path))[1]
+    return PoolInfo(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), n_examples=n,
+                    id_source=_id_source(first))
+
+
+def load_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> Pool:
+    """Read and validate every record into memory (no model is needed, so bad input fails first)."""
+    path = Path(path)
+    examples = list(iter_examples(path, fmt, limit))
+    first = next(read_records(path))[1]
+    return Pool(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), examples=examples,
+                id_source=_id_source(first))
+
+
+def _id_source(first_record: dict[str, Any]) -> str:
+    return "field" if first_record.get("id") is not None else "content-hash"
+
+
+class _IdAssigner:
+    """Stable ids, streaming: the file's own `id` field when the records have one (unique, on every record),
+    else a content hash, with -1, -2… on identical records so they stay distinct."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.from_field = path, None
+        self.first_line: dict[str, int] = {}
+        self.seen: Counter[str] = Counter()
+
+    def __call__(self, line: int, record: dict[str, Any]) -> str:
+        has_id = record.get("id") is not None
+        if self.from_field is None:
+            self.from_field = has_id
+        if has_id != self.from_field:
+            raise GradsError("some records have an 'id' field and this one does not" if self.from_field else
+                             "this record has an 'id' field and the records before it do not", path=self.path,
+                             line=line, hint="give every record an id, or remove the field from all of them")
+        if self.from_field:
+            value = str(record["id"])
+            if value in self.first_line:
+                raise GradsError(f"duplicate id {value!r} (lines {[self.first_line[value], line]})",
+                                 path=self.path, line=line,
+                                 hint="ids must be unique: fix them or drop the 'id' field to use content hashes")
+            self.first_line[value] = line
+            return value
+        base = content_id(record)
+        self.seen[base] += 1
+        return base if self.seen[base] == 1 else f"{base}-{self.seen[base] - 1}"
 
 
 # ------------------------------------------------------------------------------------------ tokenising

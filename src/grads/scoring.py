@@ -5,6 +5,9 @@ Output: one row per input example, always, in input order:
   [tied_grad_norm,] status ("ok", "no_target", "nonfinite").
 Chunks of finished batches are written as they complete; a rerun with the same settings skips them, and the
 merged table is identical to an uninterrupted run's (batches are fixed by the plan, not by timing).
+
+Under a launcher (torchrun, accelerate launch) each rank scores every world_size-th chunk of the same plan into
+the same folder; rank 0 merges once all ranks are done, so the table equals a one-process run's.
 """
 
 from __future__ import annotations
@@ -17,24 +20,40 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from grads import atomic
+from grads import atomic, distributed
 from grads.config import ScoreConfig
 from grads.data import IGNORE_INDEX, TokenizedExample
 from grads.errors import GradsError
 from grads.gradnorms import locate_parts, per_example_grad_norms
+from grads.token_cache import TokenCache
 
 CHUNK_DIR = "score-chunks"
 STATUS_OK, STATUS_NO_TARGET, STATUS_NONFINITE = "ok", "no_target", "nonfinite"
 
 
+def _lengths(examples: Sequence[TokenizedExample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n_tokens, n_target_tokens, row) per example: read as columns from a token cache, or from the objects."""
+    if isinstance(examples, TokenCache):
+        return examples.n_tokens, examples.n_target_tokens, examples.rows
+    return (np.array([ex.n_tokens for ex in examples], dtype=np.int64),
+            np.array([ex.n_target_tokens for ex in examples], dtype=np.int64),
+            np.array([ex.row for ex in examples], dtype=np.int64))
+
+
+def _take(examples: Sequence[TokenizedExample], indices: Sequence[int]) -> list[TokenizedExample]:
+    return examples.take(indices) if isinstance(examples, TokenCache) else [examples[i] for i in indices]
+
+
 def plan_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[list[int]]:
     """Indices of scorable examples grouped by length (little padding); order fixed by (length, row)."""
-    scorable = [i for i, ex in enumerate(examples) if ex.n_target_tokens > 0]
-    scorable.sort(key=lambda i: (examples[i].n_tokens, examples[i].row))
+    n_tokens, n_target, rows = _lengths(examples)
+    scorable = np.flatnonzero(n_target > 0)
+    scorable = scorable[np.lexsort((rows[scorable], n_tokens[scorable]))].tolist()
     return [scorable[lo:lo + batch_size] for lo in range(0, len(scorable), batch_size)]
 
 
@@ -111,38 +130,52 @@ class _Progress:
 
 
 def score_examples(model, examples: Sequence[TokenizedExample], out_dir: str | Path, cfg: ScoreConfig,
-                   fingerprint: str, pad_id: int, progress: bool = True) -> pa.Table:
-    """Score every example, writing resumable chunks under out_dir, and return the merged table."""
+                   fingerprint: str, pad_id: int, progress: bool = True) -> pa.Table | None:
+    """Score every example, writing resumable chunks under out_dir, and return the merged table.
+
+    `examples` is a list or a memory-mapped TokenCache. Under a launcher, this rank scores its share of the
+    chunks; rank 0 returns the merged table once every rank is done, the other ranks return None.
+    """
     locate_parts(model)  # fail early on a model the kernel cannot handle
     chunk_dir = Path(out_dir) / CHUNK_DIR
     plan_file = chunk_dir / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text()).get("fingerprint") != fingerprint:
         raise GradsError("this folder holds unfinished scoring chunks of a different run", path=chunk_dir,
                          hint="use another --out, or delete that folder to start over")
-    atomic.write_json(plan_file, {"fingerprint": fingerprint})
+    distributed.barrier()  # every rank has checked the old plan before rank 0 writes the new one
+    if distributed.is_main():
+        atomic.write_json(plan_file, {"fingerprint": fingerprint, "world_size": distributed.world_size()})
 
     batches = plan_batches(examples, cfg.batch_size)
     chunks = [batches[lo:lo + cfg.batches_per_chunk] for lo in range(0, len(batches), cfg.batches_per_chunk)]
-    todo = [k for k in range(len(chunks)) if not (chunk_dir / f"chunk-{k:05d}.parquet").exists()]
-    bar = _Progress(sum(len(b) for k in todo for b in chunks[k]), progress)
+    mine = distributed.shard(len(chunks))
+    todo = [k for k in mine if not (chunk_dir / f"chunk-{k:05d}.parquet").exists()]
+    bar = _Progress(sum(len(b) for k in todo for b in chunks[k]), progress and distributed.is_main())
     was_training = model.training
     model.eval()  # no dropout: scores do not depend on batch order or chance
     try:
         for k in todo:
             rows = []
             for batch in chunks[k]:
-                rows += _score_batch(model, [examples[i] for i in batch], pad_id, cfg)
+                rows += _score_batch(model, _take(examples, batch), pad_id, cfg)
                 bar.advance(len(batch))
             atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
     finally:
         bar.close()
         model.train(was_training)
+    distributed.barrier()
+    if not distributed.is_main():
+        return None
 
-    rows = [_row(ex, STATUS_NO_TARGET, None) for ex in examples if ex.n_target_tokens == 0]
-    for k in range(len(chunks)):
-        rows += pq.read_table(chunk_dir / f"chunk-{k:05d}.parquet").to_pylist()
-    rows.sort(key=lambda r: r["row"])
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    missing = [k for k in range(len(chunks)) if not (chunk_dir / f"chunk-{k:05d}.parquet").exists()]
+    if missing:
+        raise GradsError(f"{len(missing)} scoring chunk(s) missing after every rank finished (first: {missing[0]})",
+                         path=chunk_dir, hint="ranks must share this folder; rerun the same command to fill them")
+    _, n_target, _ = _lengths(examples)
+    no_target = [_row(ex, STATUS_NO_TARGET, None) for ex in _take(examples, np.flatnonzero(n_target == 0).tolist())]
+    tables = [pa.Table.from_pylist(no_target, schema=SCHEMA)]
+    tables += [pq.read_table(chunk_dir / f"chunk-{k:05d}.parquet", schema=SCHEMA) for k in range(len(chunks))]
+    return pa.concat_tables(tables).sort_by("row").combine_chunks()
 
 
 def status_counts(table: pa.Table) -> dict[str, int]:
@@ -150,7 +183,7 @@ def status_counts(table: pa.Table) -> dict[str, int]:
 
 
 def finish(out_dir: str | Path, table: pa.Table, meta: dict) -> Path:
-    """Write scores.parquet and score.json atomically, then drop the chunks they were merged from."""
+    """Write scores.parquet and score.json atomically, then drop the chunks they were merged from (rank 0)."""
     out_dir = Path(out_dir)
     atomic.write_parquet(out_dir / "scores.parquet", table)
     atomic.write_json(out_dir / "score.json", {**meta, "status_counts": status_counts(table)})
@@ -159,16 +192,17 @@ def finish(out_dir: str | Path, table: pa.Table, meta: dict) -> Path:
 
 
 def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Path:
-    """`grads score`: validate the data (before any model loads), tokenise, score, write scores.parquet.
-
-    A finished folder with the same settings is reused as it is; one holding another run is refused.
-    """
+    """`grads score`: validate the data (before any model loads), tokenise into the token cache, score, write
+    scores.parquet. A finished folder with the same settings is reused as it is; one holding another run is
+    refused. Runs unchanged under torchrun / accelerate launch (see grads.distributed)."""
     from grads import __version__, models
-    from grads.data import load_pool, tokenize_pool
+    from grads.data import scan_pool
+    from grads.token_cache import tokenized
 
-    pool = load_pool(job.data.data, job.data.format, job.data.limit)
+    distributed.init()
+    info = scan_pool(job.data.data, job.data.format, job.data.limit)
     out_dir = Path(job.out)
-    fingerprint = job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=pool.sha256)
+    fingerprint = job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=info.sha256)
     meta_file = out_dir / "score.json"
     if meta_file.exists():
         if json.loads(meta_file.read_text()).get("fingerprint") == fingerprint and \
@@ -177,21 +211,28 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
         raise GradsError("output folder already holds scores of a different run", path=out_dir,
                          hint="use another --out, or delete the folder")
     tokenizer = tokenizer or models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
-    examples, stats = tokenize_pool(tokenizer, pool, job.data.max_length)
+    examples = tokenized(info, tokenizer, job.data.limit, job.data.max_length)
     if model is None:
         model = models.load_model(job.model.model, dtype=job.model.dtype, device=job.model.device,
                                   trust_remote_code=job.model.trust_remote_code)
     started = time.perf_counter()
     table = score_examples(model, examples, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
+    if table is None:  # not rank 0: wait until rank 0 has written the merged table
+        distributed.barrier()
+        return out_dir / "scores.parquet"
+    stats = examples.stats
     meta = {
         "fingerprint": fingerprint, "grads_version": __version__, "job": job.model_dump(mode="json"),
-        "input": {"path": str(pool.path), "sha256": pool.sha256, "format": pool.format, "ids": pool.id_source,
-                  "n_examples": len(pool.examples)},
+        "input": {"path": str(info.path), "sha256": info.sha256, "format": info.format, "ids": info.id_source,
+                  "n_examples": info.n_examples},
         "truncation": {"n_truncated": stats.n_truncated, "prompt_tokens_cut": stats.prompt_tokens_cut,
                        "answer_tokens_cut": stats.answer_tokens_cut},
+        "token_cache": str(examples.folder), "world_size": distributed.world_size(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return finish(out_dir, table, meta)
+    path = finish(out_dir, table, meta)
+    distributed.barrier()
+    return path
 
 
 @torch.no_grad()

@@ -1,0 +1,80 @@
+"""`grads score` under torchrun: 2 CPU processes (gloo) give the same table as 1 process, and a run whose rank
+is killed midway completes on rerun and still matches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+GRADS = [sys.executable, "-m", "grads.cli"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "grads.cli"]
+FLOATS = ["loss", "emb_grad_norm", "head_grad_norm", "tied_grad_norm"]
+
+
+def _args(tiny_model_dir, medmcqa_dir, limit=96):
+    return ["score", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit",
+            str(limit), "--batch-size", "1", "--max-length", "96", "--quiet"]
+
+
+def _env(tmp_path):
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADS_HOME": str(tmp_path / "home")}
+
+
+def assert_same_table(a, b):
+    a, b = a.to_pandas(), b.to_pandas()
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for column in ["id", "row", "n_tokens", "n_target_tokens", "truncated_tokens", "status"]:
+        assert a[column].tolist() == b[column].tolist(), column
+    for column in FLOATS:
+        np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), rtol=1e-5, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_dir, medmcqa_dir):
+    tmp = tmp_path_factory.mktemp("one")
+    subprocess.run([*GRADS, *_args(tiny_model_dir, medmcqa_dir), "--out", str(tmp / "out")], check=True,
+                   env=_env(tmp), capture_output=True)
+    return pq.read_table(tmp / "out" / "scores.parquet")
+
+
+def test_two_ranks_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process):
+    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(tmp_path / "two")],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = pq.read_table(tmp_path / "two" / "scores.parquet")
+    assert two.num_rows == 96
+    assert_same_table(two, one_process)
+    import json
+
+    meta = json.loads((tmp_path / "two" / "score.json").read_text())
+    assert meta["world_size"] == 2 and not (tmp_path / "two" / "score-chunks").exists()
+
+
+def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process):
+    import psutil
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(out)], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = out / "score-chunks"
+    deadline = time.time() + 180
+    while len(list(chunks.glob("chunk-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert rank1, "rank 1 was not running"
+    rank1[0].send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0  # the launcher fails the job when a rank dies
+    n_done = len(list(chunks.glob("chunk-*.parquet")))
+    assert 2 <= n_done < 24 and not (out / "scores.parquet").exists()  # really killed midway (24 chunks in all)
+
+    rerun = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(out)], env=_env(tmp_path),
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
