@@ -5,6 +5,7 @@ A reader (or a rerun after a crash) therefore sees either the old file or the wh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,21 +17,60 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from grads.errors import GradsError
+
+TEMP_GLOB = ".*.tmp"  # the names atomic_path gives its temporary files
+
+
+def disk_full(err: BaseException) -> bool:
+    """A full disk or quota: an OSError with that errno, or any error whose text says so (some pyarrow versions
+    give no errno; safetensors raises its own error type with the OS message)."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) or \
+        "No space left on device" in str(err)
+
+
+def _full_error(path: Path) -> GradsError:
+    return GradsError("the disk is full: this file was not written (files finished before it are complete)",
+                      path=path, hint="free some space (or use an --out on another disk) and rerun the same "
+                                      "command: finished stages are reused")
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.
+
+    A full disk becomes a GradsError naming `path`; the old `path`, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if disk_full(err):
+            raise _full_error(path) from err
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        if disk_full(err):
+            raise _full_error(path) from err
         raise
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files a killed run left in `folder` (not recursive); return what was removed.
+
+    Only for folders that one grads process writes at a time (a run's own output folder)."""
+    removed = []
+    for stale in Path(folder).glob(TEMP_GLOB) if Path(folder).is_dir() else []:
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -301,6 +301,15 @@ def main(argv: list[str] | None = None) -> None:
     except GradsError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
+    except Exception as err:  # a full disk hit outside grads' own atomic writes (e.g. a library's save)
+        from grads.atomic import disk_full
+
+        if not disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or "an output file"
+        typer.echo(f"error: {where}: the disk is full ({getattr(err, 'strerror', None) or err})\n"
+                   "  hint: free some space and rerun the same command: finished stages are reused", err=True)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished chunks are kept; rerun the same command to resume", err=True)
         sys.exit(130)

@@ -63,6 +63,8 @@ class TrainConfig(StageConfig):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    sampling: Literal["group_by_length", "random"] = Field(
+        "group_by_length", description="batches of similar length (seeded; far less padding) or plain shuffling")
     seed: int = 0
     save_steps: int = Field(25, gt=0, description="checkpoint every N optimizer steps (a rerun resumes there)")
 

@@ -93,7 +93,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line or record number, record). JSONL numbers lines from 1; other files number records from 1."""
     path = Path(path)
     if not path.exists():
-        raise GradsError("input not found", path=path)
+        raise GradsError("input not found", path=path, hint="check the --data path")
     if path.is_dir():
         yield from _read_saved_dataset(path)
     elif path.suffix == ".jsonl":
@@ -120,8 +120,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise GradsError(f"not valid JSON: {err.msg} at column {err.colno}", path=path, line=line_no,
-                                 hint="each line must be one JSON object") from None
+                control = err.msg.startswith("Invalid control character")
+                column = min(err.pos, len(text.rstrip("\r\n"))) + 1  # past the end: just after the last character
+                raise GradsError(f"not valid JSON: {err.msg.removesuffix(' at')} at column {column}"
+                                 + (f" ({text[err.pos]!r})" if control and err.pos < len(text) else ""),
+                                 path=path, line=line_no,
+                                 hint="control characters inside strings must be escaped (\\n, \\t, \\u0001); "
+                                      "write the file with a JSON library" if control else
+                                      "each line must be one JSON object") from None
             if not isinstance(record, dict):
                 raise GradsError(f"expected a JSON object, got {type(record).__name__}", path=path,
                                  line=line_no, hint="each line must be one JSON object")
@@ -132,7 +138,10 @@ def raw_rows(path: str | Path) -> list[str]:
     """Each record as JSON text, in input order: a JSONL file's own lines verbatim, other files re-serialised."""
     path = Path(path)
     if path.is_file() and path.suffix == ".jsonl":
-        return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # split on "\n" only, as the reader does: str.splitlines() would also break at U+2028, U+0085 and
+        # other separators that JSON allows unescaped inside strings, shifting every later row
+        lines = path.read_bytes().decode("utf-8").split("\n")
+        return [line.rstrip("\r") for line in lines if line.strip()]
     return [json.dumps(record, ensure_ascii=False, default=str) for _, record in read_records(path)]
 
 
@@ -140,17 +149,20 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise GradsError(f"file is not valid UTF-8 (byte {err.start})", path=path) from None
-    except json.JSONDecodeError as err:
-        raise GradsError(f"not valid JSON: {err.msg}", path=path, line=err.lineno,
+        raise GradsError(f"file is not valid UTF-8 (byte {err.start})", path=path,
+                         hint="re-encode the file as UTF-8") from None
+    except json.JSONDecodeError as err:  # errors of .json inputs count records, so the line goes in the text
+        raise GradsError(f"not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}", path=path,
                          hint="a .json file must hold a list of objects (use .jsonl for one per line)") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise GradsError(f"expected a JSON list of records, got {type(data).__name__}", path=path)
+        raise GradsError(f"expected a JSON list of records, got {type(data).__name__}", path=path,
+                         hint="a .json file must hold a list of objects (use .jsonl for one per line)")
     for i, record in enumerate(data, start=1):
         if not isinstance(record, dict):
-            raise GradsError(f"record {i}: expected an object, got {type(record).__name__}", path=path)
+            raise GradsError(f"expected an object, got {type(record).__name__}", path=path, line=i,
+                             hint="every record must be a JSON object")
         yield i, record
 
 
@@ -160,7 +172,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise GradsError(f"cannot read parquet: {err}", path=path) from None
+        raise GradsError(f"cannot read parquet: {err}", path=path,
+                         hint="the file is damaged or not parquet: write it again (e.g. pandas.DataFrame.to_parquet)"
+                         ) from None
     yield from enumerate(table.to_pylist(), start=1)
 
 
@@ -170,7 +184,9 @@ def _read_saved_dataset(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as err:
-        raise GradsError(f"not a datasets save_to_disk folder: {err}", path=path) from None
+        raise GradsError(f"not a datasets save_to_disk folder: {err}", path=path,
+                         hint="pass a folder written by Dataset.save_to_disk, or a .jsonl/.json/.parquet file"
+                         ) from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise GradsError(f"folder holds splits {list(ds)} and none is 'train'", path=path,
@@ -243,19 +259,25 @@ def normalise(record: dict[str, Any], fmt: str, path: Path, line: int
         if prompt is None or completion is None:
             raise GradsError("field 'prompt' or 'completion' is missing or null", path=path, line=line,
                              hint=f"prompt-completion records need {_EXPECTED[fmt]}")
+        for key, value in (("prompt", prompt), ("completion", completion)):
+            if not isinstance(value, str | list):
+                raise GradsError(f"field {key!r} must be a string or a list of messages, got {type(value).__name__}",
+                                 path=path, line=line, hint=f"prompt-completion records need {_EXPECTED[fmt]}")
         p = [{"role": "user", "content": _nonempty_str(record, "prompt", path, line, fmt)}] \
             if isinstance(prompt, str) else _check_messages(prompt, "prompt", path, line)
         c = [{"role": "assistant", "content": _nonempty_str(record, "completion", path, line, fmt)}] \
             if isinstance(completion, str) else _check_messages(completion, "completion", path, line)
         if not any(m["role"] == "assistant" and m["content"].strip() for m in c):
-            raise GradsError("completion holds no non-empty assistant message", path=path, line=line)
+            raise GradsError("completion holds no non-empty assistant message", path=path, line=line,
+                             hint='the completion needs {"role": "assistant", "content": "..."} with text')
         return tuple(p + c), None
     if fmt == "alpaca":
         instruction = _nonempty_str(record, "instruction", path, line, fmt)
         output = _nonempty_str(record, "output", path, line, fmt)
         extra = record.get("input") or ""
         if not isinstance(extra, str):
-            raise GradsError("field 'input' is not a string", path=path, line=line)
+            raise GradsError("field 'input' is not a string", path=path, line=line,
+                             hint=f"alpaca records need {_EXPECTED[fmt]}")
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         return ({"role": "user", "content": user}, {"role": "assistant", "content": output}), None
     raise GradsError(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")

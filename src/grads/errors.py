@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 EXIT_USAGE = 2
+RECORD_NUMBERED = (".json", ".parquet")  # inputs (and save_to_disk folders) whose errors count records, not lines
 
 
 class GradsError(Exception):
@@ -21,7 +22,10 @@ class GradsError(Exception):
     def __str__(self) -> str:
         where = ""
         if self.path is not None:
-            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+            where = f"{self.path}: "
+            if self.line is not None:
+                by_record = Path(self.path).suffix in RECORD_NUMBERED or Path(self.path).is_dir()
+                where = f"{self.path}: record {self.line}: " if by_record else f"{self.path}:{self.line}: "
         text = f"{where}{self.message}"
         if self.hint:
             text += f"\n  hint: {self.hint}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pickle  # only for its error type: weights are never unpickled (torch.load runs with weights_only=True)
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -81,8 +82,9 @@ def cache_builtin(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _builtin_gguf(name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 trust_remote_code=False)
     # A GGUF-loaded model refuses save_pretrained until its quantizer is detached (weights are fp32 already).
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -153,6 +155,13 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def _refused_pickle(where: str) -> GradsError:
+    return GradsError("refused to load the weights: a .bin/.pt file there holds pickled objects other than tensors, "
+                      "and unpickling them could run code", path=where,
+                      hint="use a model saved as safetensors (save_pretrained does this), or convert it with a tool "
+                           "you trust")
+
+
 def load_model(name: str, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
     """Load a causal LM in eval mode on the chosen device (fp32 on CPU, bf16 on a capable GPU)."""
     from transformers import AutoModelForCausalLM
@@ -167,10 +176,15 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto", trust_re
     except OSError as err:
         raise GradsError(f"could not load model {name!r}: {err}",
                          hint="the hub is not reachable: use a local folder or a model already in the cache") from err
+    except pickle.UnpicklingError as err:
+        raise _refused_pickle(src.location) from err
     if src.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, src.adapter)
+        try:
+            model = PeftModel.from_pretrained(model, src.adapter)
+        except pickle.UnpicklingError as err:
+            raise _refused_pickle(src.adapter) from err
     model.to(dev)
     model.eval()
     return model

@@ -118,8 +118,10 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     timings["scoring_s"] = round(time.perf_counter() - started, 1)
     del model
 
-    # 3. signal, density, selections
+    # 3. signal, density, selections (temporary files a killed earlier run left behind are cleared first)
     started = time.perf_counter()
+    for folder in (out, score_dir, out / "selected", out / "plots"):
+        atomic.remove_stale_temps(folder)
     signal_cfg = SignalConfig(sel.signal, _bandwidth(sel.bandwidth), sel.bandwidth_scale, sel.kde)
     frame["combined"], frame["density"], h = density(frame, signal_cfg)
     atomic.write_parquet(out / "scores.parquet", pa.Table.from_pandas(frame, preserve_index=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -126,18 +127,29 @@ def _img(data: bytes, alt: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{html.escape(_visible(str(h)))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_visible(str(c)))}</td>" for c in row) + "</tr>"
+                   for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _preview(text: str, limit: int = 300) -> str:
+    """A short plain-text preview of one input row (escaped by _table, like every table cell)."""
     try:
         record = json.loads(text)
         text = " | ".join(str(v) for k, v in record.items() if k != "id")
     except (json.JSONDecodeError, AttributeError):
         pass
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _visible(text: str) -> str:
+    """Control characters as visible escapes (\\x1b, \\u2028) rather than raw bytes in the page."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        text)
 
 
 def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: SignalConfig,

@@ -120,7 +120,7 @@ def read_user_task(path: Path) -> list[dict]:
     if not path.exists():
         raise GradsError("task file not found", path=path)
     docs = []
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, raw in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):  # not splitlines: U+2028
         if not raw.strip():
             continue
         try:

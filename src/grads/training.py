@@ -1,7 +1,8 @@
 """Supervised fine-tuning with TRL's SFTTrainer on grads' own tokenised examples (answer-only labels).
 
 Used for the warm-up (θ0 → θ1) and for `grads train`. Checkpoints are saved every `save_steps`; a rerun
-resumes from the last one, and a finished run (OUT/model with done.json) is reused as it is.
+resumes from the last complete one (a checkpoint cut short by a kill is deleted), and a finished run
+(OUT/model with done.json) is reused as it is. Checkpoints of a run with other settings are refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from grads.data import TokenizedExample
 from grads.errors import GradsError
 
 DONE = "done.json"
+OWNER = "fingerprint.json"  # in OUT/checkpoints: which run the checkpoints belong to
 
 
 def finished_model(out_dir: str | Path) -> Path | None:
@@ -28,11 +30,38 @@ def finished_model(out_dir: str | Path) -> Path | None:
     return final if (final / DONE).exists() else None
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N whose trainer_state.json (the Trainer writes it last) is readable; checkpoints a
+    kill cut short are removed, so resuming never starts from half-saved weights or optimizer state."""
+    if not folder.is_dir():
+        return None
+    complete = []
+    for path in folder.glob("checkpoint-*"):
+        if not (path.is_dir() and path.name.removeprefix("checkpoint-").isdigit()):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")))) if complete else None
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes with each process's string hashing; sort it
+    so the same run always saves the same adapter_config.json (PEFT reads the list back as a set)."""
+    if not config_file.exists():
+        return
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        atomic.write_text(config_file, json.dumps(config, indent=2, sort_keys=True))
+
+
 def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExample], out_dir: str | Path,
               cfg: TrainConfig, fingerprint: str, progress: bool = True) -> Path:
     """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
     import datasets
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from grads.models import load_model, pick_device
@@ -43,7 +72,16 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         if json.loads((final / DONE).read_text()).get("fingerprint") != fingerprint:
             raise GradsError("folder holds a finished training run with other settings", path=out_dir,
                              hint="use another output folder, or delete this one")
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # left if a kill came right after the save
         return final
+    checkpoints = out_dir / "checkpoints"
+    owner = checkpoints / OWNER
+    if owner.exists() and json.loads(owner.read_text()).get("fingerprint") != fingerprint:
+        raise GradsError("folder holds unfinished training checkpoints of a run with other settings",
+                         path=checkpoints, hint="rerun with that run's settings to resume it, use another output "
+                                                "folder, or delete this one to start over")
+    for stale in out_dir.glob(".model.*"):  # a final save a kill cut short
+        shutil.rmtree(stale, ignore_errors=True)
     trainable = [ex for ex in examples if ex.n_target_tokens > 0]
     if not trainable:
         raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
@@ -63,19 +101,22 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio,
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
+        seed=cfg.seed, data_seed=cfg.seed, train_sampling_strategy=cfg.sampling, logging_steps=5,
+        save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, report_to=[], use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported() and model.dtype == torch.bfloat16, fp16=False,
         max_length=None, packing=False, disable_tqdm=not progress, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
+    atomic.write_json(owner, {"fingerprint": fingerprint})
     result = trainer.train(resume_from_checkpoint=last)
 
     tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
     try:
         trainer.model.save_pretrained(tmp)
+        _sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
