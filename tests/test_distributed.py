@@ -78,3 +78,24 @@ def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcq
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
+
+
+def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outputs(tmp_path, tiny_model_dir,
+                                                                                   medmcqa_dir):
+    import json
+
+    out = tmp_path / "sel"
+    args = ["select", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "32",
+            "--max-length", "96", "--batch-size", "8", "--ratio", "0.25", "--method", "grads", "--method", "random",
+            "--quiet", "--out", str(out)]
+    run = subprocess.run([*TORCHRUN, *args], env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    done = json.loads((out / "warmup" / "model" / "done.json").read_text())
+    assert done["steps"] == 2  # 32 examples, 8 per rank, 2 ranks: 2 optimizer steps (one process takes 4)
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    assert len(scores) == 32 and scores["row"].tolist() == list(range(32)) and scores["density"].notna().all()
+    summary = json.loads((out / "selection.json").read_text())
+    assert {name: entry["n_selected"] for name, entry in summary["outputs"].items()} == \
+        {"grads-0.25.jsonl": 8, "random-0.25.jsonl": 8}
+    assert len((out / "selected" / "grads-0.25.jsonl").read_text().splitlines()) == 8
+    assert (out / "report.html").exists() and not list(out.rglob(".*.tmp"))

@@ -119,6 +119,8 @@ def select_cmd(
                             bandwidth=bandwidth),
         out=out))
     summary = run_select(job, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    if not summary:  # a rank other than 0 under a launcher: rank 0 reports
+        return
     for name, entry in summary["outputs"].items():
         extra = f" (ratio chosen: {entry['ratio']:.3f}; {entry['rule']})" if "rule" in entry else ""
         typer.echo(f"{out / 'selected' / name}: {entry['n_selected']} examples{extra}")

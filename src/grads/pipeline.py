@@ -56,10 +56,11 @@ def _versions() -> dict[str, str]:
 
 
 def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
-    from grads import models
+    from grads import distributed, models
     from grads.scoring import answer_only_losses, finish, score_examples
 
     validate(job)
+    distributed.init()  # under torchrun / accelerate launch: warm-up data parallel, scoring sharded, rest on rank 0
     pool = load_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
     out = Path(job.out)
     sel = job.select
@@ -102,7 +103,10 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
         model = models.load_model(scoring_model_name, dtype=job.model.dtype, device=job.model.device,
                                   trust_remote_code=job.model.trust_remote_code)
         table = score_examples(model, examples, score_dir, job.score, score_fp, tokenizer.pad_token_id, progress)
-        finish(score_dir, table, {"fingerprint": score_fp, "model": scoring_model_name})
+        if table is not None:
+            finish(score_dir, table, {"fingerprint": score_fp, "model": scoring_model_name})
+    if not distributed.is_main():  # the other ranks' part ends with their share of the scores
+        return {}
     frame = table.to_pandas()
     if "ifd" in sel.methods:
         ifd_file = score_dir / "answer_only_loss.parquet"

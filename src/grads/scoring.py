@@ -185,6 +185,7 @@ def status_counts(table: pa.Table) -> dict[str, int]:
 def finish(out_dir: str | Path, table: pa.Table, meta: dict) -> Path:
     """Write scores.parquet and score.json atomically, then drop the chunks they were merged from (rank 0)."""
     out_dir = Path(out_dir)
+    atomic.remove_stale_temps(out_dir)  # a kill during an earlier final write left its temporary file
     atomic.write_parquet(out_dir / "scores.parquet", table)
     atomic.write_json(out_dir / "score.json", {**meta, "status_counts": status_counts(table)})
     shutil.rmtree(out_dir / CHUNK_DIR, ignore_errors=True)

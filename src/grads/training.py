@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from grads import atomic
+from grads import atomic, distributed
 from grads.config import ModelConfig, TrainConfig
 from grads.data import TokenizedExample
 from grads.errors import GradsError
@@ -80,8 +80,12 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         raise GradsError("folder holds unfinished training checkpoints of a run with other settings",
                          path=checkpoints, hint="rerun with that run's settings to resume it, use another output "
                                                 "folder, or delete this one to start over")
-    for stale in out_dir.glob(".model.*"):  # a final save a kill cut short
-        shutil.rmtree(stale, ignore_errors=True)
+    distributed.init()
+    if distributed.is_main():
+        for stale in out_dir.glob(".model.*"):  # a final save a kill cut short
+            shutil.rmtree(stale, ignore_errors=True)
+        last_complete_checkpoint(checkpoints)  # drops a checkpoint a kill cut short
+    distributed.barrier()
     trainable = [ex for ex in examples if ex.n_target_tokens > 0]
     if not trainable:
         raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
@@ -110,12 +114,23 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     last = last_complete_checkpoint(checkpoints)
-    atomic.write_json(owner, {"fingerprint": fingerprint})
+    if distributed.is_main():
+        atomic.write_json(owner, {"fingerprint": fingerprint})
     result = trainer.train(resume_from_checkpoint=last)
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if sharded:  # FSDP / DeepSpeed: every rank takes part in gathering the weights, rank 0 writes them
+        gathered = out_dir / ".model.gathered"
+        trainer.save_model(str(gathered))
+    if not distributed.is_main():  # data-parallel replicas: rank 0 writes the one model
+        distributed.barrier()
+        return final
 
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
+    tmp = gathered if sharded else Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
     try:
-        trainer.model.save_pretrained(tmp)
+        if sharded:
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle the Trainer adds; never needed
+        else:
+            trainer.model.save_pretrained(tmp)
         _sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -130,4 +145,5 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    distributed.barrier()
     return final
