@@ -92,6 +92,26 @@ def test_scores_are_those_of_the_warm_up_model(selected, pool_file):
     assert frame["emb_grad_norm"].iloc[0] == pytest.approx(want["embedding"].item(), rel=1e-4)
 
 
+def test_answer_only_losses_are_the_answer_alone_cross_entropy(selected, pool_file):
+    """IFD's denominator, recomputed one example at a time with plain autograd-free cross-entropy."""
+    import torch
+
+    from grads.data import IGNORE_INDEX, load_pool, tokenize_example
+    from grads.models import load_model, load_tokenizer
+
+    warm = selected / "warmup" / "model"
+    model, tokenizer = load_model(str(warm)), load_tokenizer(str(warm))
+    model.eval()
+    frame = pq.read_table(selected / "scores.parquet").to_pandas()
+    for example in load_pool(pool_file).examples[:6] + load_pool(pool_file).examples[-2:]:
+        tok = tokenize_example(tokenizer, example, 64)
+        answer = torch.tensor([[t for t, lab in zip(tok.input_ids, tok.labels) if lab != IGNORE_INDEX]])
+        with torch.no_grad():
+            logits = model(input_ids=answer).logits[0, :-1].float()
+        want = torch.nn.functional.cross_entropy(logits, answer[0, 1:]).item()
+        assert frame["answer_only_loss"].iloc[example.row] == pytest.approx(want, rel=1e-4), example.id
+
+
 def test_rerun_reuses_warm_up_and_scores_and_is_byte_identical(selected, pool_file, tmp_path):
     before = {p.name: p.read_bytes() for p in (selected / "selected").iterdir()}
     warm_mtime = (selected / "warmup" / "model" / "adapter_model.safetensors").stat().st_mtime_ns

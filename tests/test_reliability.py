@@ -212,7 +212,7 @@ def test_control_characters_and_line_separators_stay_verbatim(tmp_path):
     pool = load_pool(path)
     assert [e.messages[0]["content"] for e in pool.examples] == [r["prompt"] for r in records]
     rows = raw_rows(path)
-    assert rows == [json.dumps(r, ensure_ascii=False) for r in records]  # the file's own lines, without \r\n
+    assert list(rows) == [json.dumps(r, ensure_ascii=False) for r in records]  # the file's own lines, no \r\n
     assert [json.loads(r) for r in rows] == records
 
 
@@ -307,7 +307,7 @@ def test_per_example_problems_get_a_status_and_never_abort(tmp_path, monkeypatch
     answer token (simulated: no valid input produces one today, see docs/reliability.md) are scored with a
     status, left out of every selection but the whole-pool baseline, and counted in selection.json and the
     report."""
-    import grads.pipeline
+    import grads.token_cache
     from grads.data import tokenize_pool
 
     records = [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {3 * i}?",
@@ -327,16 +327,17 @@ def test_per_example_problems_get_a_status_and_never_abort(tmp_path, monkeypatch
     model.save_pretrained(tmp_path / "model")
     smol_tokenizer.save_pretrained(tmp_path / "model")
 
-    real = grads.pipeline.tokenize_pool
+    real = grads.token_cache.tokenize_example
 
-    def no_answer_for_one(tokenizer, pool, max_length):
-        out, stats = real(tokenizer, pool, max_length)
-        for ex in out:
-            if ex.id == "no-answer":
-                ex.labels = [IGNORE_INDEX] * len(ex.labels)
-        return out, stats
+    def no_answer_for_one(tokenizer, example, max_length):
+        tok = real(tokenizer, example, max_length)
+        if tok.id == "no-answer":
+            tok.labels = [IGNORE_INDEX] * len(tok.labels)
+        return tok
 
-    monkeypatch.setattr(grads.pipeline, "tokenize_pool", no_answer_for_one)
+    # the token cache is built with the patched tokeniser, so it must not land in (or come from) the shared cache
+    monkeypatch.setenv("GRADS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(grads.token_cache, "tokenize_example", no_answer_for_one)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["select", "--model", str(tmp_path / "model"), "--data", str(pool), "--out",
                                       str(out), "--warmup-epochs", "0", "--max-length", "64", "--ratio", "0.5",

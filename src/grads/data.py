@@ -14,9 +14,11 @@ tokens before the answer), so only answers are learned and scored. The answer's 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,15 +136,56 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, record
 
 
-def raw_rows(path: str | Path) -> list[str]:
-    """Each record as JSON text, in input order: a JSONL file's own lines verbatim, other files re-serialised."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".jsonl":
-        # split on "\n" only, as the reader does: str.splitlines() would also break at U+2028, U+0085 and
-        # other separators that JSON allows unescaped inside strings, shifting every later row
-        lines = path.read_bytes().decode("utf-8").split("\n")
-        return [line.rstrip("\r") for line in lines if line.strip()]
-    return [json.dumps(record, ensure_ascii=False, default=str) for _, record in read_records(path)]
+class RawRows(Sequence[str]):
+    """Each record as JSON text, in input order, read on demand: a JSONL file's own lines verbatim (found by byte
+    offsets, 8 bytes per record in memory), other files re-serialised (their readers load them whole anyway)."""
+
+    def __init__(self, path: str | Path, limit: int | None = None) -> None:
+        self.path = Path(path)
+        self.offsets: list[int] | None = None
+        self.texts: list[str] | None = None
+        if self.path.is_file() and self.path.suffix == ".jsonl":
+            offsets, pos = array("q"), 0
+            with open(self.path, "rb") as f:
+                # split on "\n" only, as the reader does: str.splitlines() would also break at U+2028, U+0085 and
+                # other separators that JSON allows unescaped inside strings, shifting every later row
+                for raw in f:
+                    if raw.decode("utf-8", "replace").strip() and (limit is None or len(offsets) < limit):
+                        offsets.append(pos)
+                    pos += len(raw)
+            self.offsets = offsets
+        else:
+            self.texts = [json.dumps(record, ensure_ascii=False, default=str)
+                          for _, record in itertools.islice(read_records(self.path), limit)]
+
+    def __len__(self) -> int:
+        return len(self.offsets if self.offsets is not None else self.texts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self.texts is not None:
+            return self.texts[index]
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[index])
+            return f.readline().decode("utf-8").rstrip("\r\n")
+
+    def write(self, path: str | Path, indices: Sequence[int]) -> None:
+        """Write the rows at `indices` (one per line, in the order given) atomically to `path`, streaming."""
+        from grads import atomic
+
+        with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            if self.texts is not None:
+                out.writelines(self.texts[i] + "\n" for i in indices)
+                return
+            with open(self.path, "rb") as f:
+                for i in indices:
+                    f.seek(self.offsets[i])
+                    out.write(f.readline().decode("utf-8").rstrip("\r\n") + "\n")
+
+
+def raw_rows(path: str | Path, limit: int | None = None) -> RawRows:
+    return RawRows(path, limit)
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

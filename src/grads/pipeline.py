@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from grads import __version__, atomic
 from grads.config import SelectJob
-from grads.data import load_pool, raw_rows, tokenize_pool
+from grads.data import raw_rows, scan_pool
 from grads.errors import GradsError
 from grads.selection import RATIO_FREE, RULES, SIGNALS, SignalConfig, auto_ratio, density, select
 from grads.training import train_sft
@@ -58,10 +58,11 @@ def _versions() -> dict[str, str]:
 def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     from grads import distributed, models
     from grads.scoring import answer_only_losses, finish, score_examples
+    from grads.token_cache import tokenized
 
     validate(job)
     distributed.init()  # under torchrun / accelerate launch: warm-up data parallel, scoring sharded, rest on rank 0
-    pool = load_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
+    pool = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
     out = Path(job.out)
     sel = job.select
     upstream = {"model": job.model.model_dump(mode="json"), "data": job.data.model_dump(mode="json"),
@@ -75,7 +76,8 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
                          "scoring settings", path=out, hint="use another --out, or delete the folder")
     timings: dict[str, float] = {}
     tokenizer = models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
-    examples, tok_stats = tokenize_pool(tokenizer, pool, job.data.max_length)
+    examples = tokenized(pool, tokenizer, job.data.limit, job.data.max_length)  # memory-mapped, not in RAM
+    tok_stats = examples.stats
 
     # 1. warm-up: θ0 → θ1 on the pool (or a seeded fraction of it)
     started = time.perf_counter()
@@ -86,7 +88,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
         chosen = np.sort(rng.permutation(len(examples))[:n_warm]) if n_warm < len(examples) else range(len(examples))
         warm_cfg = job.train.model_copy(update={"epochs": sel.warmup_epochs, "seed": sel.seed})
         log(f"warm-up: {n_warm} examples, {sel.warmup_epochs:g} epoch(s), {'LoRA' if warm_cfg.lora else 'full'}")
-        scoring_model_name = str(train_sft(job.model, tokenizer, [examples[i] for i in chosen], out / "warmup",
+        scoring_model_name = str(train_sft(job.model, tokenizer, examples.subset(chosen), out / "warmup",
                                            warm_cfg, warmup_fp, progress))
     timings["warmup_s"] = round(time.perf_counter() - started, 1)
 
@@ -129,7 +131,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     signal_cfg = SignalConfig(sel.signal, _bandwidth(sel.bandwidth), sel.bandwidth_scale, sel.kde)
     frame["combined"], frame["density"], h = density(frame, signal_cfg)
     atomic.write_parquet(out / "scores.parquet", pa.Table.from_pandas(frame, preserve_index=False))
-    rows = raw_rows(job.data.data)[: len(pool.examples)]
+    rows = raw_rows(job.data.data, job.data.limit)
     outputs: dict[str, dict] = {}
     wanted = set()
     for method in sel.methods:
@@ -137,7 +139,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
             name = output_name(method, ratio)
             wanted.add(name)
             picked = select(frame, method, ratio, sel.seed, signal_cfg)
-            atomic.write_text(out / "selected" / name, "".join(rows[i] + "\n" for i in picked))
+            rows.write(out / "selected" / name, picked)
             entry = {"method": method, "ratio": ratio, "n_selected": int(len(picked)),
                      "ids": frame["id"].iloc[picked].tolist()}
             if method == "grads-auto":
@@ -153,7 +155,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
         "grads_version": __version__, "versions": _versions(), "score_fingerprint": score_fp,
         "settings": job.model_dump(mode="json"),
         "input": {"path": str(pool.path), "sha256": pool.sha256, "format": pool.format, "ids": pool.id_source,
-                  "n_examples": len(pool.examples)},
+                  "n_examples": pool.n_examples},
         "truncation": {"n_truncated": tok_stats.n_truncated, "prompt_tokens_cut": tok_stats.prompt_tokens_cut,
                        "answer_tokens_cut": tok_stats.answer_tokens_cut},
         "status_counts": {str(k): int(v) for k, v in status_counts.items()},

@@ -238,18 +238,26 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
 
 @torch.no_grad()
 def answer_only_losses(model, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> list[float]:
-    """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only."""
-    alone = []
-    for ex in examples:
-        answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
-        alone.append(TokenizedExample(ex.id, ex.row, answer, list(answer)))
+    """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only.
+    Batched by answer length; only one batch of examples is in memory at a time."""
+    _, n_target, _ = _lengths(examples)
+    order = np.flatnonzero(n_target > 0)
+    order = order[np.argsort(n_target[order], kind="stable")].tolist()
     device = next(model.parameters()).device
-    out = [math.nan] * len(alone)
+    out = [math.nan] * len(n_target)
     was_training = model.training
     model.eval()
     try:
-        for batch_idx in plan_batches(alone, batch_size):
-            batch = collate([alone[i] for i in batch_idx], pad_id, "right", device)
+        for lo in range(0, len(order), batch_size):
+            batch_idx, alone = [], []
+            for i, ex in zip(order[lo:lo + batch_size], _take(examples, order[lo:lo + batch_size])):
+                answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
+                if len(answer) > 1:  # the first answer token has nothing before it to be predicted from
+                    batch_idx.append(i)
+                    alone.append(TokenizedExample(ex.id, ex.row, answer, list(answer)))
+            if not alone:
+                continue
+            batch = collate(alone, pad_id, "right", device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)[:, 1:]
             ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,

@@ -78,9 +78,13 @@ class TokenCache(Sequence[TokenizedExample]):
                                  cols["truncated_prompt_tokens"][j], cols["truncated_answer_tokens"][j])
                 for j in range(len(indices))]
 
-    def column(self, name: str) -> np.ndarray | list:
-        col = self.dataset.data.column(name)
-        return col.to_pylist() if name == "id" else col.to_numpy()
+    def subset(self, indices: Sequence[int]) -> TokenCache:
+        """A view of some examples (in the order given); nothing is copied."""
+        view = object.__new__(TokenCache)
+        idx = np.asarray(indices, dtype=np.int64)
+        view.folder, view.meta, view.dataset = self.folder, self.meta, self.dataset.select(idx)
+        view.n_tokens, view.n_target_tokens, view.rows = self.n_tokens[idx], self.n_target_tokens[idx], self.rows[idx]
+        return view
 
     @property
     def stats(self) -> TokenizeStats:

@@ -14,12 +14,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from grads import atomic, distributed
 from grads.config import ModelConfig, TrainConfig
 from grads.data import TokenizedExample
 from grads.errors import GradsError
+from grads.token_cache import TokenCache
 
 DONE = "done.json"
 OWNER = "fingerprint.json"  # in OUT/checkpoints: which run the checkpoints belong to
@@ -58,10 +60,22 @@ def _sort_target_modules(config_file: Path) -> None:
         atomic.write_text(config_file, json.dumps(config, indent=2, sort_keys=True))
 
 
-def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExample], out_dir: str | Path,
-              cfg: TrainConfig, fingerprint: str, progress: bool = True) -> Path:
-    """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
+def _train_dataset(examples: Sequence[TokenizedExample] | TokenCache):
+    """input_ids + labels of the examples that have an answer token: a view of a memory-mapped token cache,
+    or a small in-memory dataset built from a list."""
     import datasets
+
+    if isinstance(examples, TokenCache):
+        keep = np.flatnonzero(examples.n_target_tokens > 0)
+        return examples.dataset.select(keep).select_columns(["input_ids", "labels"])
+    trainable = [ex for ex in examples if ex.n_target_tokens > 0]
+    return datasets.Dataset.from_dict({"input_ids": [ex.input_ids for ex in trainable],
+                                       "labels": [ex.labels for ex in trainable]})
+
+
+def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExample] | TokenCache,
+              out_dir: str | Path, cfg: TrainConfig, fingerprint: str, progress: bool = True) -> Path:
+    """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
     from trl import SFTConfig, SFTTrainer
 
     from grads.models import load_model, pick_device
@@ -86,11 +100,9 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
             shutil.rmtree(stale, ignore_errors=True)
         last_complete_checkpoint(checkpoints)  # drops a checkpoint a kill cut short
     distributed.barrier()
-    trainable = [ex for ex in examples if ex.n_target_tokens > 0]
-    if not trainable:
+    dataset = _train_dataset(examples)
+    if not len(dataset):
         raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
-    dataset = datasets.Dataset.from_dict({"input_ids": [ex.input_ids for ex in trainable],
-                                          "labels": [ex.labels for ex in trainable]})
     device = pick_device(model_cfg.device)
     model = load_model(model_cfg.model, dtype=model_cfg.dtype, device=model_cfg.device,
                        trust_remote_code=model_cfg.trust_remote_code)
@@ -136,7 +148,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
                                        "loss_history": losses, "steps": trainer.state.global_step,
-                                       "examples": len(trainable), "resumed_from": last,
+                                       "examples": len(dataset), "resumed_from": last,
                                        "config": cfg.model_dump(mode="json"), "base_model": model_cfg.model})
         if final.exists():
             shutil.rmtree(final)
