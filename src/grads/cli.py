@@ -177,6 +177,8 @@ def eval_cmd(
                                                     "'all', or a .jsonl of question/choices/answer")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="questions per task (a fixed subset)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
+    backend: Annotated[str, typer.Option("--backend", help="grads (built in) or lm-eval (the same tasks and "
+                                                          "questions through lm-evaluation-harness)")] = "grads",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     trust_remote_code: TrustOpt = False,
@@ -193,13 +195,20 @@ def eval_cmd(
     from grads.models import load_model, load_tokenizer
     from grads.tasks import expand, resolve_task
 
+    if backend not in ("grads", "lm-eval"):
+        raise GradsError(f"unknown backend {backend!r}", hint="use --backend grads or --backend lm-eval")
     names = expand(tasks or ["all"])
     for name in names:
         resolve_task(name)  # unknown tasks fail before the model loads
+    if backend == "lm-eval":
+        from grads.lm_eval_backend import evaluate_lm_eval, require_lm_eval
+
+        require_lm_eval()
+        evaluate = evaluate_lm_eval  # noqa: F811
     lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     results = evaluate(lm, tokenizer, names, limit, batch_size, log=lambda m: typer.echo(m, err=True))
-    atomic.write_json(out, {"model": model, "limit": limit, "tasks": results})
+    atomic.write_json(out, {"model": model, "limit": limit, "backend": backend, "tasks": results})
     typer.echo(f"results: {out}")
 
 

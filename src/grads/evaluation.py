@@ -116,17 +116,23 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
     return out
 
 
-def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None = None,
-                  batch_size: int = 16) -> dict:
+def task_items(tokenizer, name: str, spec: TaskSpec, limit: int | None = None) -> tuple[list, bool]:
+    """The (sub-sampled) items of a task as this tokenizer sees them, and whether they are chat-rendered
+    (letter-style tasks use the chat template when the model has one)."""
     chat = None
     if spec.style == "letter" and getattr(tokenizer, "chat_template", None):
         def chat(prompt: str) -> str:
             return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True)
-    items = subsample(build_items(spec, chat), limit, name)
+    return subsample(build_items(spec, chat), limit, name), chat is not None
+
+
+def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None = None,
+                  batch_size: int = 16) -> dict:
+    items, chat = task_items(tokenizer, name, spec, limit)
     pairs = [(c, x) for item in items for c, x in zip(item.contexts, item.continuations)]
     started = time.perf_counter()
-    scores = loglikelihoods(model, tokenizer, pairs, batch_size, add_special_tokens=chat is None)
+    scores = loglikelihoods(model, tokenizer, pairs, batch_size, add_special_tokens=not chat)
     correct, pos = 0, 0
     for item in items:
         k = len(item.continuations)
