@@ -183,6 +183,7 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
             "train_seconds": round(train_s, 1), "tasks": result["tasks"],
             "train_loss": json.loads((model_dir / "done.json").read_text())["train_loss"]})
         done += 1
+        write_summary(out, cfg, base)  # a long grid can be read while it runs
     write_summary(out, cfg, base)
     return out / "summary.md"
 
