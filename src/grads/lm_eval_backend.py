@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from grads import atomic
 from grads.errors import GradsError
 from grads.evaluation import task_items, wilson_interval
 from grads.tasks import resolve_task
@@ -45,7 +46,7 @@ def _write_task(folder: Path, key: str, items: list) -> tuple[str, int]:
         else:
             docs.append({"answer": item.answer, "choices": list(item.contexts), "target": item.continuations[0]})
     data = folder / f"{key}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    atomic.write_text(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
     name = f"grads_{key}"
     config = {
         "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
@@ -57,7 +58,7 @@ def _write_task(folder: Path, key: str, items: list) -> tuple[str, int]:
                         {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    atomic.write_text(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
     return name, len(docs)
 
 
