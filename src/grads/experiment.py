@@ -247,7 +247,9 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
 
     lines = ["# Experiment summary", "",
              f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), "
-             f"{cfg.eval.limit} questions per task. G = mean domain accuracy gain over the base model "
+             f"{cfg.eval.limit} questions per task"
+             + "".join(f", {t} {n}" for t, n in cfg.eval.limits.items())
+             + ". G = mean domain accuracy gain over the base model "
              f"({', '.join(domain)}); F = mean general-task accuracy lost ({', '.join(general)}). "
              + (f"G_val = the same gain on the validation task(s) ({', '.join(val)}), the only figure used to "
                 "choose variants. " if val else "")
