@@ -77,6 +77,15 @@ class TokenizeStats:
     n_no_target: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def add(self, tok: TokenizedExample) -> None:
+        """Count one tokenised example's truncation and whether it kept an answer token."""
+        if tok.truncated_prompt_tokens or tok.truncated_answer_tokens:
+            self.n_truncated += 1
+            self.prompt_tokens_cut += tok.truncated_prompt_tokens
+            self.answer_tokens_cut += tok.truncated_answer_tokens
+        if tok.n_target_tokens == 0:
+            self.n_no_target += 1
+
 
 # ----------------------------------------------------------------------------------------------- reading
 
@@ -167,8 +176,11 @@ class RawRows(Sequence[str]):
         if self.texts is not None:
             return self.texts[index]
         with open(self.path, "rb") as f:
-            f.seek(self.offsets[index])
-            return f.readline().decode("utf-8").rstrip("\r\n")
+            return self._line_at(f, index)
+
+    def _line_at(self, f, index: int) -> str:
+        f.seek(self.offsets[index])
+        return f.readline().decode("utf-8").rstrip("\r\n")
 
     def write(self, path: str | Path, indices: Sequence[int]) -> None:
         """Write the rows at `indices` (one per line, in the order given) atomically to `path`, streaming."""
@@ -179,9 +191,7 @@ class RawRows(Sequence[str]):
                 out.writelines(self.texts[i] + "\n" for i in indices)
                 return
             with open(self.path, "rb") as f:
-                for i in indices:
-                    f.seek(self.offsets[i])
-                    out.write(f.readline().decode("utf-8").rstrip("\r\n") + "\n")
+                out.writelines(self._line_at(f, i) + "\n" for i in indices)
 
 
 def raw_rows(path: str | Path, limit: int | None = None) -> RawRows:
@@ -372,23 +382,22 @@ class PoolInfo:
 def scan_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> PoolInfo:
     """Validate every record (so bad input fails before any model loads), streaming; keep only counts."""
     path = Path(path)
-    n = sum(1 for _ in iter_examples(path, fmt, limit))
-    first = next(read_records(path))[1]
-    return PoolInfo(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), n_examples=n,
-                    id_source=_id_source(first))
+    return _describe(path, fmt, sum(1 for _ in iter_examples(path, fmt, limit)))
 
 
 def load_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> Pool:
     """Read and validate every record into memory (no model is needed, so bad input fails first)."""
     path = Path(path)
     examples = list(iter_examples(path, fmt, limit))
+    info = _describe(path, fmt, len(examples))
+    return Pool(path=path, format=info.format, sha256=info.sha256, examples=examples, id_source=info.id_source)
+
+
+def _describe(path: Path, fmt: str | None, n_examples: int) -> PoolInfo:
+    """Format, content hash and id source of a pool that iter_examples has already validated."""
     first = next(read_records(path))[1]
-    return Pool(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), examples=examples,
-                id_source=_id_source(first))
-
-
-def _id_source(first_record: dict[str, Any]) -> str:
-    return "field" if first_record.get("id") is not None else "content-hash"
+    return PoolInfo(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), n_examples=n_examples,
+                    id_source="field" if first.get("id") is not None else "content-hash")
 
 
 class _IdAssigner:
@@ -495,11 +504,6 @@ def tokenize_pool(tokenizer, pool: Pool, max_length: int | None = None
     out = []
     for example in pool.examples:
         tok = tokenize_example(tokenizer, example, max_length)
-        if tok.truncated_prompt_tokens or tok.truncated_answer_tokens:
-            stats.n_truncated += 1
-            stats.prompt_tokens_cut += tok.truncated_prompt_tokens
-            stats.answer_tokens_cut += tok.truncated_answer_tokens
-        if tok.n_target_tokens == 0:
-            stats.n_no_target += 1
+        stats.add(tok)
         out.append(tok)
     return out, stats

@@ -110,16 +110,13 @@ def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_lengt
     root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    totals = {"n_truncated": 0, "prompt_tokens_cut": 0, "answer_tokens_cut": 0}
+    stats = TokenizeStats()
     try:
         with pa.OSFile(str(tmp / "tokens.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
             block: list[TokenizedExample] = []
             for example in iter_examples(info.path, info.format, limit):
                 tok = tokenize_example(tokenizer, example, max_length)
-                if tok.truncated_prompt_tokens or tok.truncated_answer_tokens:
-                    totals["n_truncated"] += 1
-                    totals["prompt_tokens_cut"] += tok.truncated_prompt_tokens
-                    totals["answer_tokens_cut"] += tok.truncated_answer_tokens
+                stats.add(tok)
                 block.append(tok)
                 if len(block) == BLOCK:
                     writer.write_batch(_block(block))
@@ -128,7 +125,10 @@ def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_lengt
                 writer.write_batch(_block(block))
         atomic.write_json(tmp / "meta.json", {"key": key, "input": str(info.path), "input_sha256": info.sha256,
                                               "format": info.format, "limit": limit, "max_length": max_length,
-                                              "tokenizer": tokenizer_fingerprint(tokenizer), "truncation": totals})
+                                              "tokenizer": tokenizer_fingerprint(tokenizer),
+                                              "truncation": {"n_truncated": stats.n_truncated,
+                                                             "prompt_tokens_cut": stats.prompt_tokens_cut,
+                                                             "answer_tokens_cut": stats.answer_tokens_cut}})
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same cache first: keep theirs
