@@ -77,3 +77,41 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     summary = (out / "summary.md").read_text()
     assert "G_val" in summary and "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
     assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()
+
+
+def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path, tiny_model_dir, capsys):
+    """warmup_from copies a finished warm-up + scores (checked by fingerprint, no second warm-up), a fixed step
+    count applies to the final fine-tunes only, and a G_val-only experiment prints '–' for G and F."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from grads.cli import app, main
+
+    common = {"model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "seeds": [0],
+              "include_full": False, "train": {"batch_size": 8},
+              "eval": {"domain_tasks": [], "general_tasks": [], "validation_tasks": ["medmcqa_val"], "limit": 3}}
+    first, variant, wrong = tmp_path / "first.yaml", tmp_path / "variant.yaml", tmp_path / "wrong.yaml"
+    first.write_text(yaml.safe_dump({**common, "methods": ["grads"], "ratios": [0.5]}))
+    result = CliRunner().invoke(app, ["experiment", str(first), "--out", str(tmp_path / "a")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pool = str(tmp_path / "a" / "data" / "pool.jsonl")
+    variant.write_text(yaml.safe_dump({**common, "data": pool, "methods": ["grads-low"], "ratios": [0.5],
+                                       "warmup_from": str(tmp_path / "a"),
+                                       "train": {"batch_size": 8, "max_steps": 3}}))
+    result = CliRunner().invoke(app, ["experiment", str(variant), "--out", str(tmp_path / "b")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "reusing the warm-up" in result.output and "scores: reusing finished scores" in result.output
+    for part in ["select/score/scores.parquet", "select/warmup/model/done.json"]:
+        assert (tmp_path / "b" / part).read_bytes() == (tmp_path / "a" / part).read_bytes()
+    done = json.loads((tmp_path / "b" / "runs" / "grads-low-0.5-s0" / "model" / "done.json").read_text())
+    assert done["steps"] == 3 and done["examples"] == 8  # 8 examples = 1 step an epoch; 3 steps asked
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert "3 optimizer steps" in summary and "| grads-low | 0.5 | 1 | – | – |" in summary
+    # another warm-up setting cannot borrow that warm-up
+    wrong.write_text(yaml.safe_dump({**common, "data": pool, "methods": ["grads"], "ratios": [0.5],
+                                     "warmup_fraction": 0.5, "warmup_from": str(tmp_path / "a")}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", str(wrong), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "warmup_from" in err and "other model, data" in err

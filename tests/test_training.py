@@ -38,3 +38,14 @@ def test_train_lowers_the_answer_loss_and_saves_a_loadable_model(tmp_path, tiny_
                                      "--max-length", "64", "--epochs", "3", "--full", "--lr", "1e-2", "--out",
                                      str(tmp_path / "ft"), "--quiet"], catch_exceptions=False)
     assert again.exit_code == 0 and json.loads((model_dir / "done.json").read_text()) == done
+
+
+def test_max_steps_trains_that_many_steps_whatever_the_data_size(tmp_path, tiny_model_dir, medmcqa_dir):
+    """4 examples in batches of 2 are 2 steps an epoch; --max-steps 5 repeats them (3 epochs) and stops at 5."""
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--data",
+                                      str(medmcqa_dir / "pool.jsonl"), "--limit", "4", "--max-length", "64",
+                                      "--batch-size", "2", "--max-steps", "5", "--out", str(tmp_path / "ft"),
+                                      "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    done = json.loads((tmp_path / "ft" / "model" / "done.json").read_text())
+    assert done["steps"] == 5 and done["examples"] == 4 and done["config"]["max_steps"] == 5

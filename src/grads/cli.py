@@ -134,6 +134,8 @@ def train(
     out: OutOpt,
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
     epochs: Annotated[float, typer.Option("--epochs", help="passes over the data")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimizer steps, whatever the data size "
+                                                  "(overrides --epochs)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
     learning_rate: Annotated[float | None, typer.Option("--lr", help="default 2e-4 LoRA, 2e-5 full")] = None,
@@ -159,12 +161,13 @@ def train(
     model_cfg, data_cfg, train_cfg = _configs(lambda: (
         ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
         DataConfig(data=data, format=format, max_length=max_length, limit=limit),
-        TrainConfig(lora=lora, epochs=epochs, seed=seed, batch_size=batch_size, learning_rate=learning_rate)))
+        TrainConfig(lora=lora, epochs=epochs, max_steps=max_steps, seed=seed, batch_size=batch_size,
+                    learning_rate=learning_rate)))
     pool = load_pool(data_cfg.data, data_cfg.format, data_cfg.limit)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     examples, _ = tokenize_pool(tokenizer, pool, max_length)
-    fingerprint = train_cfg.fingerprint(model=model_cfg.model_dump(mode="json"), data_sha256=pool.sha256,
-                                        data=data_cfg.model_dump(mode="json"))
+    fingerprint = train_cfg.fingerprint(model=model_cfg.settings(), data_sha256=pool.sha256,
+                                        data=data_cfg.settings())
     path = train_sft(model_cfg, tokenizer, examples, out, train_cfg, fingerprint, progress=not quiet)
     typer.echo(f"model: {path}")
 

@@ -10,12 +10,29 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def added(default: object, version: str, **kwargs) -> object:
+    """A setting added after the first release: left out of `settings()` while it holds its default, so the
+    records and fingerprints of runs made before it existed (a half-finished grid, a warm-up) stay valid."""
+    return Field(default, json_schema_extra={"added_in": version}, **kwargs)
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def settings(self) -> dict:
+        """Every setting as JSON, less added settings that hold their default (see `added`)."""
+        dump = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, StageConfig):
+                dump[name] = value.settings()
+            elif (field.json_schema_extra or {}).get("added_in") and value == field.default:
+                del dump[name]
+        return dump
+
     def fingerprint(self, **extra: object) -> str:
         """A stable hash of every setting (plus extras such as the input's hash) that decides a stage's output."""
-        payload = json.dumps({"config": self.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
+        payload = json.dumps({"config": self.settings(), **extra}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -65,6 +82,8 @@ class TrainConfig(StageConfig):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     sampling: Literal["group_by_length", "random"] = Field(
         "group_by_length", description="batches of similar length (seeded; far less padding) or plain shuffling")
+    max_steps: int | None = added(None, "0.2", gt=0, description="optimizer steps for every run, whatever the "
+                                  "data size (overrides epochs; a small subset is repeated); warm-ups ignore it")
     seed: int = 0
     save_steps: int = Field(25, gt=0, description="checkpoint every N optimizer steps (a rerun resumes there)")
 

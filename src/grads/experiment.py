@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from grads import atomic
-from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, StageConfig, TrainConfig
+from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, StageConfig, TrainConfig, added
 from grads.errors import GradsError
 from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 
@@ -54,6 +55,9 @@ class ExperimentConfig(StageConfig):
     selection_signal: str = "zsum"
     warmup_epochs: float = 1.0
     warmup_fraction: float = 1.0
+    warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "
+                                    "this one reuses (a selection or recipe variant); its model, data and warm-up "
+                                    "settings must be the same")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     device: str = "auto"
@@ -126,10 +130,10 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(mode="json"):
+    if saved.exists() and json.loads(saved.read_text()) != cfg.settings():
         raise GradsError("folder holds an experiment with another config", path=out,
                          hint="use another --out, or the same config")
-    atomic.write_json(saved, cfg.model_dump(mode="json"))
+    atomic.write_json(saved, cfg.settings())
 
     if cfg.data == "medmcqa":
         if not (out / "data" / "prepare.json").exists():
@@ -150,6 +154,8 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
                                         warmup_epochs=cfg.warmup_epochs, warmup_fraction=cfg.warmup_fraction,
                                         signal=cfg.selection_signal),
                     out=out / "select")
+    if cfg.warmup_from:
+        _reuse_warmup(Path(cfg.warmup_from) / "select", job, log)
     run_select(job, log=log)
     frame = load_scores(out / "select")
     signal_cfg = SignalConfig(cfg.selection_signal)
@@ -186,6 +192,35 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
         write_summary(out, cfg, base)  # a long grid can be read while it runs
     write_summary(out, cfg, base)
     return out / "summary.md"
+
+
+def _reuse_warmup(source: Path, job: SelectJob, log) -> None:
+    """Copy another experiment's finished warm-up model and scores into this one's select folder, after checking
+    that they were made with exactly the warm-up settings this experiment would use."""
+    import shutil
+
+    from grads.data import scan_pool
+    from grads.pipeline import warmup_plan
+
+    target = Path(job.out)
+    if (target / "score" / "score.json").exists():
+        return
+    done = source / "selection.json"
+    if not done.exists():
+        raise GradsError("warmup_from: no finished selection there", path=source.parent,
+                         hint="finish that experiment's selection stage first, or remove warmup_from")
+    _, _, score_fp = warmup_plan(job, scan_pool(job.data.data, job.data.format, job.data.limit).sha256)
+    if json.loads(done.read_text()).get("score_fingerprint") != score_fp:
+        raise GradsError("warmup_from: that experiment's warm-up or scores were made with other model, data, "
+                         "warm-up or scoring settings", path=source.parent,
+                         hint="use the same model, data (the same path), max_length, pool_limit, warm-up and train "
+                              "recipe (max_steps aside), or remove warmup_from")
+    log(f"reusing the warm-up and scores of {source.parent}")
+    for part in ("warmup/model", "score"):
+        if (source / part).exists() and not (target / part).exists():
+            shutil.copytree(source / part, target / f".{part.replace('/', '-')}.copy", dirs_exist_ok=True)
+            (target / part).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target / f".{part.replace('/', '-')}.copy", target / part)
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -249,8 +284,9 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
              f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), "
              f"{cfg.eval.limit} questions per task"
              + "".join(f", {t} {n}" for t, n in cfg.eval.limits.items())
-             + ". G = mean domain accuracy gain over the base model "
-             f"({', '.join(domain)}); F = mean general-task accuracy lost ({', '.join(general)}). "
+             + f". Fine-tune per run: {_recipe(cfg.train)}. "
+             + (f"G = mean domain accuracy gain over the base model ({', '.join(domain)}). " if domain else "")
+             + (f"F = mean general-task accuracy lost ({', '.join(general)}). " if general else "")
              + (f"G_val = the same gain on the validation task(s) ({', '.join(val)}), the only figure used to "
                 "choose variants. " if val else "")
              + "Mean ± std over seeds.", "",
@@ -262,17 +298,30 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
     for row in rows:
         ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
         accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in tasks)
-        g_val = f"{row['G_val_mean']:+.3f} ± {row['G_val_std']:.3f} | " if val else ""
-        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {row['G_mean']:+.3f} ± {row['G_std']:.3f} "
-                     f"| {row['F_mean']:+.3f} ± {row['F_std']:.3f} | {g_val}{accs} |")
+        g_val = f"{_pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
+        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {_pm(row['G_mean'], row['G_std'])} "
+                     f"| {_pm(row['F_mean'], row['F_std'])} | {g_val}{accs} |")
     lines += ["", "Per run:", "", "| run | n_train | G | F | " + ("G_val | " if val else "") + "train loss |",
               "|---|---|---|---|" + ("---|" if val else "") + "---|"]
     for r in results:
         g, f = gain_and_forgetting(r["tasks"], base["tasks"], domain, general)
-        g_val = f"{gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0]:+.3f} | " if val else ""
-        lines.append(f"| {r['run']} | {r['n_train']} | {g:+.3f} | {f:+.3f} | {g_val}{r['train_loss']:.3f} |")
+        g_val = f"{_pm(gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0])} | " if val else ""
+        lines.append(f"| {r['run']} | {r['n_train']} | {_pm(g)} | {_pm(f)} | {g_val}{r['train_loss']:.3f} |")
     atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
     _plot(out / "g_vs_f.png", rows)
+
+
+def _recipe(train: TrainConfig) -> str:
+    length = f"{train.max_steps} optimizer steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
+    batch = train.batch_size * train.grad_accum
+    return f"{'LoRA' if train.lora else 'full'}, {length} of batch {batch}, lr {train.lr:g}"
+
+
+def _pm(mean: float, std: float | None = None) -> str:
+    """'+0.012 ± 0.004', or '–' for a figure this experiment does not measure (no such tasks)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.3f}" if std is None else f"{mean:+.3f} ± {std:.3f}"
 
 
 def _plot(path: Path, rows: list[dict]) -> None:
@@ -296,6 +345,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
     ax.set_xlabel("F: forgetting (mean general accuracy lost) → worse")
     ax.set_ylabel("G: domain gain (accuracy over base) → better")
     ax.set_title("Learn more (up), forget less (left): mean ± std over seeds")
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # a G_val-only experiment has no points
+        ax.legend(fontsize=7, ncol=2)
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grads import __version__, atomic
-from grads.config import SelectJob
+from grads.config import SelectJob, TrainConfig
 from grads.data import raw_rows, scan_pool
 from grads.errors import GradsError
 from grads.selection import RATIO_FREE, RULES, SIGNALS, SignalConfig, auto_ratio, density, select
@@ -55,6 +55,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def warmup_plan(job: SelectJob, data_sha256: str) -> tuple[TrainConfig, str, str]:
+    """The warm-up's recipe and the fingerprints of the warm-up and of the scores: what decides them and nothing
+    else (so a selection variant, another signal or final recipe, can reuse them)."""
+    sel = job.select
+    # the warm-up is warmup_epochs of the shared recipe; a fixed step count is for final fine-tunes only
+    warm_cfg = job.train.model_copy(update={"epochs": sel.warmup_epochs or 1.0, "seed": sel.seed, "max_steps": None})
+    upstream = {"model": job.model.settings(), "data": job.data.settings(), "data_sha256": data_sha256,
+                "train": warm_cfg.settings(), "warmup_epochs": sel.warmup_epochs,
+                "warmup_fraction": sel.warmup_fraction, "seed": sel.seed}
+    warmup_fp = job.model.fingerprint(**upstream)
+    return warm_cfg, warmup_fp, job.score.fingerprint(warmup=warmup_fp)
+
+
 def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     from grads import distributed, models
     from grads.scoring import answer_only_losses, finish, score_examples
@@ -65,16 +78,15 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     pool = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
     out = Path(job.out)
     sel = job.select
-    upstream = {"model": job.model.model_dump(mode="json"), "data": job.data.model_dump(mode="json"),
-                "data_sha256": pool.sha256, "train": job.train.model_dump(mode="json"),
-                "warmup_epochs": sel.warmup_epochs, "warmup_fraction": sel.warmup_fraction, "seed": sel.seed}
-    warmup_fp = job.model.fingerprint(**upstream)
-    score_fp = job.score.fingerprint(warmup=warmup_fp)
+    warm_cfg, warmup_fp, score_fp = warmup_plan(job, pool.sha256)
     previous = out / "selection.json"
     if previous.exists() and json.loads(previous.read_text()).get("score_fingerprint") != score_fp:
         raise GradsError("output folder already holds a selection made with other model, data, warm-up or "
                          "scoring settings", path=out, hint="use another --out, or delete the folder")
+    # a stage reused from an earlier run keeps the time it took then (a rerun must not record it as ~0 s)
+    before = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     timings: dict[str, float] = {}
+    reused: list[str] = []
     tokenizer = models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
     examples = tokenized(pool, tokenizer, job.data.limit, job.data.max_length)  # memory-mapped, not in RAM
     tok_stats = examples.stats
@@ -83,10 +95,11 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     started = time.perf_counter()
     scoring_model_name = job.model.model
     if sel.warmup_epochs > 0:
+        if (out / "warmup" / "model" / "done.json").exists():
+            reused.append("warmup")
         rng = np.random.default_rng(sel.seed)
         n_warm = math.ceil(sel.warmup_fraction * len(examples))
         chosen = np.sort(rng.permutation(len(examples))[:n_warm]) if n_warm < len(examples) else range(len(examples))
-        warm_cfg = job.train.model_copy(update={"epochs": sel.warmup_epochs, "seed": sel.seed})
         log(f"warm-up: {n_warm} examples, {sel.warmup_epochs:g} epoch(s), {'LoRA' if warm_cfg.lora else 'full'}")
         scoring_model_name = str(train_sft(job.model, tokenizer, examples.subset(chosen), out / "warmup",
                                            warm_cfg, warmup_fp, progress))
@@ -99,6 +112,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     if (score_dir / "score.json").exists() and \
             json.loads((score_dir / "score.json").read_text()).get("fingerprint") == score_fp:
         table = pq.read_table(score_dir / "scores.parquet")
+        reused.append("scoring")
         log("scores: reusing finished scores")
     else:
         log(f"scoring {len(examples)} examples at {'the warm-up model' if sel.warmup_epochs else 'the base model'}")
@@ -153,7 +167,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     status_counts = frame["status"].value_counts().sort_index().to_dict()
     summary = {
         "grads_version": __version__, "versions": _versions(), "score_fingerprint": score_fp,
-        "settings": job.model_dump(mode="json"),
+        "settings": job.settings(),
         "input": {"path": str(pool.path), "sha256": pool.sha256, "format": pool.format, "ids": pool.id_source,
                   "n_examples": pool.n_examples},
         "truncation": {"n_truncated": tok_stats.n_truncated, "prompt_tokens_cut": tok_stats.prompt_tokens_cut,
@@ -171,7 +185,9 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     started = time.perf_counter()
     write_report(out, frame, summary, signal_cfg, rows)
     timings["report_s"] = round(time.perf_counter() - started, 1)
-    atomic.write_json(out / "timings.json", timings)
+    for stage in reused:
+        timings[f"{stage}_s"] = before.get(f"{stage}_s", timings[f"{stage}_s"])
+    atomic.write_json(out / "timings.json", {**timings, "reused": reused} if reused else timings)
     return summary
 
 

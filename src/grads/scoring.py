@@ -223,7 +223,7 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
         return out_dir / "scores.parquet"
     stats = examples.stats
     meta = {
-        "fingerprint": fingerprint, "grads_version": __version__, "job": job.model_dump(mode="json"),
+        "fingerprint": fingerprint, "grads_version": __version__, "job": job.settings(),
         "input": {"path": str(info.path), "sha256": info.sha256, "format": info.format, "ids": info.id_source,
                   "n_examples": info.n_examples},
         "truncation": {"n_truncated": stats.n_truncated, "prompt_tokens_cut": stats.prompt_tokens_cut,

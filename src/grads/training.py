@@ -114,7 +114,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
                                  target_modules=cfg.lora_target, task_type="CAUSAL_LM")
     on_gpu = device.type == "cuda"
     args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs,
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio,
         seed=cfg.seed, data_seed=cfg.seed, train_sampling_strategy=cfg.sampling, logging_steps=5,
@@ -149,7 +149,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
                                        "loss_history": losses, "steps": trainer.state.global_step,
                                        "examples": len(dataset), "resumed_from": last,
-                                       "config": cfg.model_dump(mode="json"), "base_model": model_cfg.model})
+                                       "config": cfg.settings(), "base_model": model_cfg.model})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -1,0 +1,30 @@
+"""Settings added after the first release leave records and fingerprints of earlier runs valid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from grads.config import TrainConfig
+from grads.experiment import ExperimentConfig
+
+
+def test_an_added_setting_at_its_default_is_left_out_of_settings_and_fingerprints():
+    cfg = TrainConfig(epochs=2.0)
+    full = cfg.model_dump(mode="json")
+    assert "max_steps" in full and "max_steps" not in cfg.settings()
+    assert cfg.settings() == {k: v for k, v in full.items() if k != "max_steps"}
+    # the fingerprint a release without max_steps computed: the same payload, hashed the same way
+    earlier = hashlib.sha256(json.dumps({"config": {k: v for k, v in full.items() if k != "max_steps"}, "x": 1},
+                                        sort_keys=True).encode()).hexdigest()[:20]
+    assert cfg.fingerprint(x=1) == earlier
+    # once set, it counts
+    stepped = TrainConfig(epochs=2.0, max_steps=10)
+    assert stepped.settings()["max_steps"] == 10 and stepped.fingerprint(x=1) != earlier
+
+
+def test_nested_configs_drop_added_defaults_too():
+    exp = ExperimentConfig(train=TrainConfig(max_steps=7))
+    settings = exp.settings()
+    assert "warmup_from" not in settings and settings["train"]["max_steps"] == 7
+    assert "max_steps" not in ExperimentConfig().settings()["train"]
