@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every CPU experiment behind docs/results.md, one after another. Each is resumable: rerun this script and
+# finished runs are skipped. Run from anywhere; about 5 h on a 2-core CPU in all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grads=.venv/bin/grads
+$grads experiment results/medmcqa-smollm2/config.yaml --out results/medmcqa-smollm2
+for variant in grads-low length-residual no-warmup steps38; do
+    $grads experiment "results/variant-$variant/config.yaml" --out "results/variant-$variant"
+done
