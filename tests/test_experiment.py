@@ -106,6 +106,8 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
         assert (tmp_path / "b" / part).read_bytes() == (tmp_path / "a" / part).read_bytes()
     done = json.loads((tmp_path / "b" / "runs" / "grads-low-0.5-s0" / "model" / "done.json").read_text())
     assert done["steps"] == 3 and done["examples"] == 8  # 8 examples = 1 step an epoch; 3 steps asked
+    run = json.loads((tmp_path / "b" / "runs" / "grads-low-0.5-s0" / "results.json").read_text())
+    assert run["train_seconds"] == done["seconds"] > 0  # from the training record, so a resumed grid keeps it
     summary = (tmp_path / "b" / "summary.md").read_text()
     assert "3 optimizer steps" in summary and "| grads-low | 0.5 | 1 | – | – |" in summary
     # another warm-up setting cannot borrow that warm-up

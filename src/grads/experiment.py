@@ -178,16 +178,15 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
         fingerprint = train_cfg.fingerprint(model=cfg.model, ids=[examples[i].id for i in picked],
                                             max_length=cfg.max_length)
         log(f"{name}: fine-tuning on {len(picked)} examples")
-        started = time.perf_counter()
         model_dir = train_sft(model_cfg, tokenizer, [examples[i] for i in picked], run_dir, train_cfg, fingerprint,
                               progress=False)
-        train_s = time.perf_counter() - started
+        done_train = json.loads((model_dir / "done.json").read_text())
         log(f"{name}: evaluating")
         result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
         atomic.write_json(run_dir / "results.json", {
             "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
-            "train_seconds": round(train_s, 1), "tasks": result["tasks"],
-            "train_loss": json.loads((model_dir / "done.json").read_text())["train_loss"]})
+            "train_seconds": done_train.get("seconds"), "tasks": result["tasks"],  # None: trained by an old release
+            "train_loss": done_train["train_loss"]})
         done += 1
         write_summary(out, cfg, base)  # a long grid can be read while it runs
     write_summary(out, cfg, base)

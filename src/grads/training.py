@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
     from grads.models import load_model, pick_device
 
     out_dir = Path(out_dir)
+    started = time.perf_counter()
     final = out_dir / "model"
     if (final / DONE).exists():
         if json.loads((final / DONE).read_text()).get("fingerprint") != fingerprint:
@@ -148,6 +150,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
                                        "loss_history": losses, "steps": trainer.state.global_step,
+                                       "seconds": round(time.perf_counter() - started, 1),  # last sitting only
                                        "examples": len(dataset), "resumed_from": last,
                                        "config": cfg.settings(), "base_model": model_cfg.model})
         if final.exists():
