@@ -62,6 +62,9 @@ def test_grads_keeps_the_dense_cluster_and_auto_ratio_reports_its_rule():
         assert got == want and set(got) <= {"e0", "e1", "e2", "e3", "e4"}
     assert ids(frame, select(frame, "grads-high", 0.25)) == ["e5", "e6"]
     assert ids(frame, select(frame, "grads-low", 0.125)) == ["e7"]
+    # the other density direction: the least dense examples, which here are the three outliers on both ends
+    assert ids(frame, select(frame, "grads-tails", 0.375)) == sorted(f"e{i}" for i in np.argsort(dens)[:3])
+    assert ids(frame, select(frame, "grads-tails", 0.375)) == ["e5", "e6", "e7"]
     ratio, rule = auto_ratio(frame)
     assert 0 < ratio <= 1 and "knee" in rule
     assert len(select(frame, "grads-auto", None)) == round(ratio * 8)
@@ -104,7 +107,7 @@ def test_random_is_seeded_nested_and_reproducible():
 def test_excluded_rows_are_never_selected_except_by_full():
     frame = table([1.0, 1.0, 2.0, 9.0], [1.0, 1.0, 2.0, 9.0], status=["ok", "no_target", "ok", "nonfinite"],
                   loss=[1.0, math.nan, 2.0, math.nan])
-    for method in ["grads", "grads-high", "grads-low", "random", "loss", "length", "gradnorm"]:
+    for method in ["grads", "grads-high", "grads-low", "grads-tails", "random", "loss", "length", "gradnorm"]:
         picked = ids(frame, select(frame, method, 1.0))
         assert set(picked) == {"e0", "e2"}, method
     assert len(select(frame, "full", None)) == 4

@@ -80,7 +80,8 @@ def select_cmd(
     ratio: Annotated[list[float] | None, typer.Option("--ratio", "-r", help="fraction to keep, in (0, 1]; "
                                                       "repeat for several")] = None,
     method: Annotated[list[str] | None, typer.Option("--method", help="grads (default), grads-auto, grads-high, "
-                      "grads-low, emb-only, head-only, random, full, length, loss, ifd, gradnorm; repeatable")] = None,
+                      "grads-low, grads-tails, emb-only, head-only, random, full, length, loss, ifd, gradnorm; "
+                      "repeatable")] = None,
     warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="0 = score the base model")] = 1.0,
     warmup_fraction: Annotated[float, typer.Option("--warmup-fraction", help="warm up on this seeded fraction")] = 1.0,
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,

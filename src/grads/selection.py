@@ -134,6 +134,12 @@ def select_grads_low(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
     return top_k(-combined_signal(table, cfg.signal), _k(table, ratio), table)
 
 
+def select_grads_tails(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+    """Variant (the other density direction): the ⌈ρN⌉ examples of *lowest* density, the rare ends of s."""
+    _, dens, _ = density(table, cfg)
+    return top_k(-dens, _k(table, ratio), table)
+
+
 def select_emb_only(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
     """Ablation: density of the embedding norm alone."""
     return select_grads(table, ratio, seed, SignalConfig("emb", cfg.bandwidth, cfg.bandwidth_scale, cfg.kde_method))
@@ -226,6 +232,7 @@ RULES: dict[str, Callable[..., np.ndarray]] = {
     "grads-auto": select_grads_auto,
     "grads-high": select_grads_high,
     "grads-low": select_grads_low,
+    "grads-tails": select_grads_tails,
     "emb-only": select_emb_only,
     "head-only": select_head_only,
     "random": select_random,
@@ -236,7 +243,7 @@ RULES: dict[str, Callable[..., np.ndarray]] = {
     "gradnorm": select_gradnorm,
 }
 RATIO_FREE = {"full", "grads-auto"}  # methods whose output does not depend on --ratio
-SIGNAL_AWARE = {"grads", "grads-auto", "grads-high", "grads-low", "emb-only", "head-only"}
+SIGNAL_AWARE = {"grads", "grads-auto", "grads-high", "grads-low", "grads-tails", "emb-only", "head-only"}
 
 
 def select(table: pd.DataFrame, method: str, ratio: float | None, seed: int = 0,
