@@ -12,8 +12,8 @@ import numpy as np
 from grads.pipeline import load_scores
 from grads.selection import SignalConfig, density, select
 
-RULES = [("zsum", "grads"), ("zsum", "grads-tails"), ("zsum", "grads-low"), ("zsum", "grads-high"), ("zsum", "gradnorm"),
-         ("zsum", "random"), ("zsum-length-residual", "grads")]
+RULES = [("zsum", "grads"), ("zsum", "grads-tails"), ("zsum", "grads-low"), ("zsum", "grads-high"),
+         ("zsum", "gradnorm"), ("zsum", "random"), ("zsum-length-residual", "grads")]
 
 
 def main() -> None:
