@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from grads.experiment import ExperimentConfig, aggregate, gain_and_forgetting, planned_runs
+from grads.experiment import ExperimentConfig, aggregate, gain_and_forgetting, paired_differences, planned_runs
 
 
 def tasks(**acc):
@@ -40,6 +41,26 @@ def test_aggregate_means_and_sample_std_over_seeds():
     assert with_val[("grads", 0.05)]["G_val_mean"] == pytest.approx(0.06)  # med 0.32/0.36/0.40 vs base 0.30
     assert with_val[("grads", 0.05)]["G_val_std"] == pytest.approx(0.04)
     assert with_val[("grads", 0.05)]["G_mean"] == pytest.approx(0.0)
+
+
+def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
+    def run(method, ratio, seed, med, arc):
+        return {"method": method, "ratio": ratio, "seed": seed, "tasks": tasks(med=med, qa=0.2, arc=arc, piqa=0.6)}
+
+    runs = [run("grads", 0.05, 0, 0.34, 0.50), run("grads", 0.05, 1, 0.40, 0.48), run("grads", 0.05, 2, 0.40, 0.50),
+            run("random", 0.05, 0, 0.30, 0.50), run("random", 0.05, 1, 0.32, 0.50),  # no random seed 2
+            run("random", 0.5, 0, 0.9, 0.1), run("full", None, 0, 0.50, 0.40), run("full", None, 1, 0.30, 0.50)]
+    rows = paired_differences(runs, BASE, ("med", "qa"), ("arc", "piqa"), reference="random")
+    assert [(r["method"], r["ratio"], r["n_pairs"]) for r in rows] == [("grads", 0.05, 2)]
+    # ΔG per seed: (0.34-0.30)/2 = 0.02, (0.40-0.32)/2 = 0.04 -> 0.03 ± 0.01414; ΔF: (0-0)/2, (0.02-0)/2 -> 0.005
+    assert rows[0]["dG_mean"] == pytest.approx(0.03) and rows[0]["dG_std"] == pytest.approx(0.02 ** 0.5 / 10)
+    assert rows[0]["dF_mean"] == pytest.approx(0.005) and math.isnan(rows[0]["dG_val_mean"])
+    against_full = {(r["method"], r["ratio"]): r for r in
+                    paired_differences(runs, BASE, ("med", "qa"), ("arc", "piqa"), reference="full")}
+    # grads 0.05 vs full: seed 0 ΔG (0.34-0.50)/2 = -0.08, seed 1 (0.40-0.30)/2 = +0.05; random 0.5 only seed 0
+    assert against_full[("grads", 0.05)]["n_pairs"] == 2
+    assert against_full[("grads", 0.05)]["dG_mean"] == pytest.approx(-0.015)
+    assert against_full[("random", 0.5)]["dF_mean"] == pytest.approx((0.3 - 0.0) / 2)
 
 
 def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():

@@ -263,6 +263,32 @@ def aggregate(results: list[dict], base_tasks: dict, domain, general, validation
     return rows
 
 
+def paired_differences(results: list[dict], base_tasks: dict, domain, general, validation=(),
+                       reference: str = "random") -> list[dict]:
+    """Each method against `reference` run with the same seed (and the same ratio; `full` has none): the mean ±
+    std over seeds of ΔG, ΔF and ΔG_val. Pairing by seed removes what the seeds share (evaluation items, the
+    training order of the reference) and leaves the effect of the subset."""
+    def figures(run: dict) -> tuple[float, float, float]:
+        g, f = gain_and_forgetting(run["tasks"], base_tasks, domain, general)
+        return g, f, gain_and_forgetting(run["tasks"], base_tasks, validation, ())[0]
+
+    by_key = {(r["method"], r["ratio"], r["seed"]): figures(r) for r in results}
+    groups: dict[tuple[str, float | None], list[tuple[float, float, float]]] = {}
+    for (method, ratio, seed), mine in by_key.items():
+        ref_ratio = None if reference == "full" else ratio
+        theirs = by_key.get((reference, ref_ratio, seed))
+        if method == reference or theirs is None or (ratio is None and reference != "full"):
+            continue
+        groups.setdefault((method, ratio), []).append(tuple(a - b for a, b in zip(mine, theirs)))
+    rows = []
+    for (method, ratio), deltas in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
+        row = {"method": method, "ratio": ratio, "reference": reference, "n_pairs": len(deltas)}
+        for i, name in enumerate(["dG", "dF", "dG_val"]):
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([d[i] for d in deltas])
+        rows.append(row)
+    return rows
+
+
 def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
     domain, general, val = cfg.eval.domain_tasks, cfg.eval.general_tasks, cfg.eval.validation_tasks
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
@@ -300,6 +326,20 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
         g_val = f"{_pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
         lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {_pm(row['G_mean'], row['G_std'])} "
                      f"| {_pm(row['F_mean'], row['F_std'])} | {g_val}{accs} |")
+    for reference in ("random", "full"):
+        pairs = paired_differences(results, base["tasks"], domain, general, val, reference)
+        if not pairs:
+            continue
+        lines += ["", f"Against `{reference}` with the same seed"
+                  + (" and ratio" if reference == "random" else "") + " (difference of the two runs' figures, "
+                  "mean ± std over seeds; ΔF < 0 is less forgetting):", "",
+                  "| method | ratio | pairs | ΔG | ΔF | " + ("ΔG_val |" if val else ""),
+                  "|---|---|---|---|---|" + ("---|" if val else "")]
+        for row in pairs:
+            ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
+            g_val = f" {_pm(row['dG_val_mean'], row['dG_val_std'])} |" if val else ""
+            lines.append(f"| {row['method']} | {ratio} | {row['n_pairs']} | {_pm(row['dG_mean'], row['dG_std'])} "
+                         f"| {_pm(row['dF_mean'], row['dF_std'])} |{g_val}")
     lines += ["", "Per run:", "", "| run | n_train | G | F | " + ("G_val | " if val else "") + "train loss |",
               "|---|---|---|---|" + ("---|" if val else "") + "---|"]
     for r in results:
