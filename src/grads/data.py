@@ -86,6 +86,11 @@ class TokenizeStats:
         if tok.n_target_tokens == 0:
             self.n_no_target += 1
 
+    def truncation(self) -> dict[str, int]:
+        """The truncation counts as written to score.json, selection.json and the token cache's meta.json."""
+        return {"n_truncated": self.n_truncated, "prompt_tokens_cut": self.prompt_tokens_cut,
+                "answer_tokens_cut": self.answer_tokens_cut}
+
 
 # ----------------------------------------------------------------------------------------------- reading
 

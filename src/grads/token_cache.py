@@ -126,9 +126,7 @@ def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_lengt
         atomic.write_json(tmp / "meta.json", {"key": key, "input": str(info.path), "input_sha256": info.sha256,
                                               "format": info.format, "limit": limit, "max_length": max_length,
                                               "tokenizer": tokenizer_fingerprint(tokenizer),
-                                              "truncation": {"n_truncated": stats.n_truncated,
-                                                             "prompt_tokens_cut": stats.prompt_tokens_cut,
-                                                             "answer_tokens_cut": stats.answer_tokens_cut}})
+                                              "truncation": stats.truncation()})
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same cache first: keep theirs
