@@ -13,22 +13,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from grads.experiment import aggregate, paired_differences
+from grads.experiment import aggregate, format_ratio, load_runs, paired_differences, pm
 
 VALIDATION = ("medmcqa_val",)
-
-
-def runs(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("runs/*/results.json")) if p.parent.name != "base"]
 
 
 def main() -> None:
     grid = Path("results/medmcqa-smollm2")
     base = json.loads((grid / "runs" / "base" / "results.json").read_text())["tasks"]
-    grid_runs = runs(grid)
+    grid_runs = load_runs(grid)
     print("| source | method | ratio | seeds | G_val (mean ± std) | ΔG_val vs random, same seed (mean ± std) |")
     print("|---|---|---|---|---|---|")
-    sources = [("grid", grid_runs)] + [(f.name, runs(f)) for f in sorted(Path("results").glob("variant-*"))]
+    sources = [("grid", grid_runs)] + [(f.name, load_runs(f)) for f in sorted(Path("results").glob("variant-*"))]
     for name, own in sources:
         pool = own if any(r["method"] == "random" for r in own) else own + [
             r for r in grid_runs if r["method"] == "random"]
@@ -37,10 +33,9 @@ def main() -> None:
         shown = {(r["method"], r["ratio"]) for r in own}
         for key in sorted(shown, key=lambda k: (k[1] or 1.0, k[0])):
             row, delta = summary[key], deltas.get(key)
-            ratio = "1 (full)" if key[1] is None else f"{key[1]:g}"
-            vs = f"{delta['dG_val_mean']:+.3f} ± {delta['dG_val_std']:.3f} ({delta['n_pairs']})" if delta else "–"
-            print(f"| {name} | {key[0]} | {ratio} | {len(row['seeds'])} | "
-                  f"{row['G_val_mean']:+.3f} ± {row['G_val_std']:.3f} | {vs} |")
+            vs = f"{pm(delta['dG_val_mean'], delta['dG_val_std'])} ({delta['n_pairs']})" if delta else "–"
+            print(f"| {name} | {key[0]} | {format_ratio(key[1])} | {len(row['seeds'])} | "
+                  f"{pm(row['G_val_mean'], row['G_val_std'])} | {vs} |")
 
 
 if __name__ == "__main__":

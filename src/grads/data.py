@@ -383,6 +383,11 @@ class PoolInfo:
     n_examples: int
     id_source: str
 
+    def record(self) -> dict:
+        """The `input` entry of score.json and selection.json: which file, exactly, was read."""
+        return {"path": str(self.path), "sha256": self.sha256, "format": self.format, "ids": self.id_source,
+                "n_examples": self.n_examples}
+
 
 def scan_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> PoolInfo:
     """Validate every record (so bad input fails before any model loads), streaming; keep only counts."""

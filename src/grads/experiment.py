@@ -289,10 +289,15 @@ def paired_differences(results: list[dict], base_tasks: dict, domain, general, v
     return rows
 
 
+def load_runs(out: Path) -> list[dict]:
+    """Every finished fine-tune's results.json under OUT/runs (the base model's evaluation is not a run)."""
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
+            if p.parent.name != "base"]
+
+
 def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
     domain, general, val = cfg.eval.domain_tasks, cfg.eval.general_tasks, cfg.eval.validation_tasks
-    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
-               if p.parent.name != "base"]
+    results = load_runs(out)
     rows = aggregate(results, base["tasks"], domain, general, val)
     tasks = [*domain, *val, *general]
     buffer = io.StringIO()
@@ -321,11 +326,11 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
              + " | ".join(tasks) + " |",
              "|---|---|---|---|---|" + ("---|" if val else "") + "---|" * len(tasks)]
     for row in rows:
-        ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
+        ratio = format_ratio(row["ratio"])
         accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in tasks)
-        g_val = f"{_pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
-        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {_pm(row['G_mean'], row['G_std'])} "
-                     f"| {_pm(row['F_mean'], row['F_std'])} | {g_val}{accs} |")
+        g_val = f"{pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
+        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {pm(row['G_mean'], row['G_std'])} "
+                     f"| {pm(row['F_mean'], row['F_std'])} | {g_val}{accs} |")
     for reference in ("random", "full"):
         pairs = paired_differences(results, base["tasks"], domain, general, val, reference)
         if not pairs:
@@ -336,16 +341,16 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
                   "| method | ratio | pairs | ΔG | ΔF | " + ("ΔG_val |" if val else ""),
                   "|---|---|---|---|---|" + ("---|" if val else "")]
         for row in pairs:
-            ratio = "1 (full)" if row["ratio"] is None else f"{row['ratio']:g}"
-            g_val = f" {_pm(row['dG_val_mean'], row['dG_val_std'])} |" if val else ""
-            lines.append(f"| {row['method']} | {ratio} | {row['n_pairs']} | {_pm(row['dG_mean'], row['dG_std'])} "
-                         f"| {_pm(row['dF_mean'], row['dF_std'])} |{g_val}")
+            ratio = format_ratio(row["ratio"])
+            g_val = f" {pm(row['dG_val_mean'], row['dG_val_std'])} |" if val else ""
+            lines.append(f"| {row['method']} | {ratio} | {row['n_pairs']} | {pm(row['dG_mean'], row['dG_std'])} "
+                         f"| {pm(row['dF_mean'], row['dF_std'])} |{g_val}")
     lines += ["", "Per run:", "", "| run | n_train | G | F | " + ("G_val | " if val else "") + "train loss |",
               "|---|---|---|---|" + ("---|" if val else "") + "---|"]
     for r in results:
         g, f = gain_and_forgetting(r["tasks"], base["tasks"], domain, general)
-        g_val = f"{_pm(gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0])} | " if val else ""
-        lines.append(f"| {r['run']} | {r['n_train']} | {_pm(g)} | {_pm(f)} | {g_val}{r['train_loss']:.3f} |")
+        g_val = f"{pm(gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0])} | " if val else ""
+        lines.append(f"| {r['run']} | {r['n_train']} | {pm(g)} | {pm(f)} | {g_val}{r['train_loss']:.3f} |")
     atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
     _plot(out / "g_vs_f.png", rows)
 
@@ -356,7 +361,11 @@ def _recipe(train: TrainConfig) -> str:
     return f"{'LoRA' if train.lora else 'full'}, {length} of batch {batch}, lr {train.lr:g}"
 
 
-def _pm(mean: float, std: float | None = None) -> str:
+def format_ratio(ratio: float | None) -> str:
+    return "1 (full)" if ratio is None else f"{ratio:g}"
+
+
+def pm(mean: float, std: float | None = None) -> str:
     """'+0.012 ± 0.004', or '–' for a figure this experiment does not measure (no such tasks)."""
     if math.isnan(mean):
         return "–"

@@ -168,8 +168,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     summary = {
         "grads_version": __version__, "versions": _versions(), "score_fingerprint": score_fp,
         "settings": job.settings(),
-        "input": {"path": str(pool.path), "sha256": pool.sha256, "format": pool.format, "ids": pool.id_source,
-                  "n_examples": pool.n_examples},
+        "input": pool.record(),
         "truncation": tok_stats.truncation(),
         "status_counts": {str(k): int(v) for k, v in status_counts.items()},
         "n_eligible": int((frame["status"] == "ok").sum()),

@@ -224,8 +224,7 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
     stats = examples.stats
     meta = {
         "fingerprint": fingerprint, "grads_version": __version__, "job": job.settings(),
-        "input": {"path": str(info.path), "sha256": info.sha256, "format": info.format, "ids": info.id_source,
-                  "n_examples": info.n_examples},
+        "input": info.record(),
         "truncation": stats.truncation(),
         "token_cache": str(examples.folder), "world_size": distributed.world_size(),
         "seconds": round(time.perf_counter() - started, 2),
