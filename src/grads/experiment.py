@@ -387,7 +387,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
             continue
         ax.errorbar(r["F_mean"], r["G_mean"], xerr=r["F_std"], yerr=r["G_std"], fmt=markers.get(r["ratio"], "D"),
                     color=colours[r["method"]], capsize=3, ms=8,
-                    label=f"{r['method']} {'full' if r['ratio'] is None else r['ratio']}")
+                    label=r["method"] if r["ratio"] is None else f"{r['method']} {r['ratio']:g}")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("F: forgetting (mean general accuracy lost) → worse")
