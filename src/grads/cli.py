@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from grads.config import DEFAULT_SIGNAL
 from grads.errors import EXIT_USAGE, GradsError
 
 app = typer.Typer(help="GrADS: gradient-aware data selection for supervised fine-tuning of LLMs.",
@@ -87,7 +88,7 @@ def select_cmd(
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
     seed: Annotated[int, typer.Option("--seed", help="warm-up, random baseline and tie-free seed")] = 0,
     signal: Annotated[str, typer.Option("--signal", help="zsum | robust-zsum | emb | head | "
-                                                         "zsum-length-residual")] = "zsum",
+                                                         "zsum-length-residual")] = DEFAULT_SIGNAL,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="scott | silverman | a factor")] = "scott",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="scoring and training batch size")] = 8,
     learning_rate: Annotated[float | None, typer.Option("--lr", help="warm-up learning rate (default 2e-4 LoRA, "

@@ -9,6 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The combined signal s of the density rules (docs/method.md §3; the measured choice, docs/results.md "Variants").
+DEFAULT_SIGNAL = "zsum"
+
 
 def added(default: object, version: str, **kwargs) -> object:
     """A setting added after the first release: left out of `settings()` while it holds its default, so the
@@ -100,7 +103,7 @@ class SelectConfig(StageConfig):
     seed: int = 0
     warmup_epochs: float = Field(1.0, ge=0, description="0 scores the base model without a warm-up")
     warmup_fraction: float = Field(1.0, gt=0, le=1, description="warm up on a seeded random fraction of the pool")
-    signal: str = Field("zsum", description="zsum | robust-zsum | emb | head | zsum-length-residual")
+    signal: str = Field(DEFAULT_SIGNAL, description="zsum | robust-zsum | emb | head | zsum-length-residual")
     bandwidth: str = Field("scott", description="scott | silverman | a number (factor times the std)")
     bandwidth_scale: float = Field(1.0, gt=0)
     kde: Literal["auto", "exact", "binned"] = "auto"

@@ -24,7 +24,17 @@ import yaml
 from pydantic import Field, ValidationError
 
 from grads import atomic
-from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, StageConfig, TrainConfig, added
+from grads.config import (
+    DEFAULT_SIGNAL,
+    DataConfig,
+    ModelConfig,
+    ScoreConfig,
+    SelectConfig,
+    SelectJob,
+    StageConfig,
+    TrainConfig,
+    added,
+)
 from grads.errors import GradsError
 from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 
@@ -52,7 +62,7 @@ class ExperimentConfig(StageConfig):
     ratios: tuple[float, ...] = (0.05, 0.25, 0.5)
     seeds: tuple[int, ...] = (0, 1, 2)
     include_full: bool = True
-    selection_signal: str = "zsum"
+    selection_signal: str = DEFAULT_SIGNAL
     warmup_epochs: float = 1.0
     warmup_fraction: float = 1.0
     warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from grads.config import DEFAULT_SIGNAL
 from grads.kde import gaussian_kde
 
 SIGNALS = ("zsum", "robust-zsum", "emb", "head", "zsum-length-residual")
@@ -25,7 +26,7 @@ SIGNALS = ("zsum", "robust-zsum", "emb", "head", "zsum-length-residual")
 class SignalConfig:
     """How the two norms become one signal s and its density (the DECIDED choices of docs/method.md)."""
 
-    signal: str = "zsum"
+    signal: str = DEFAULT_SIGNAL
     bandwidth: str | float = "scott"
     bandwidth_scale: float = 1.0
     kde_method: str = "auto"
@@ -52,7 +53,7 @@ def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y - (slope * x + intercept)
 
 
-def combined_signal(table: pd.DataFrame, signal: str = "zsum") -> np.ndarray:
+def combined_signal(table: pd.DataFrame, signal: str = DEFAULT_SIGNAL) -> np.ndarray:
     """s_i for every row (NaN where not eligible): s = z(log a) + z(log b) by default."""
     ok = eligible(table)
     out = np.full(len(table), np.nan)
