@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 grads=.venv/bin/grads
 $grads experiment results/medmcqa-smollm2/config.yaml --out results/medmcqa-smollm2
-for variant in density-tails length-residual no-warmup steps38; do
+for variant in density-tails length-residual no-warmup no-warmup-ratios steps38; do
     $grads experiment "results/variant-$variant/config.yaml" --out "results/variant-$variant"
 done
