@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from grads.experiment import aggregate, format_ratio, gain_and_forgetting, load_runs, paired_differences, pm
+from grads.experiment import aggregate, format_ratio, load_runs, paired_differences, pm
 
 VALIDATION = ("medmcqa_val",)
 REFERENCES = ("random", "grads")
@@ -32,38 +32,26 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     sources = [("grid", grid_runs)] + [(f.name, load_runs(f)) for f in sorted(Path("results").glob("variant-*"))]
     for name, own in sources:
+        pool = own
         if name != "grid" and not any(r["method"] == "random" for r in own):
             own = [{**r, "method": f"{r['method']} [{name.removeprefix('variant-')}]"} for r in own]
-            own_keys = {(r["method"], r["ratio"]) for r in own}
-            pool = own + [
-                r for r in grid_runs if r["method"] in REFERENCES and (r["ratio"] in {k[1] for k in own_keys})
-            ]
-        else:
-            pool = own
-            own_keys = {(r["method"], r["ratio"]) for r in own}
-        g_val = {
-            (r["method"], r["ratio"], r["seed"]): gain_and_forgetting(r["tasks"], base, VALIDATION, ())[0] for r in pool
-        }
+            ratios = {r["ratio"] for r in own}
+            pool = own + [r for r in grid_runs if r["method"] in REFERENCES and r["ratio"] in ratios]
+        own_keys = {(r["method"], r["ratio"]) for r in own}
         summary = {(r["method"], r["ratio"]): r for r in aggregate(pool, base, (), (), VALIDATION)}
-        columns = []
-        for reference in REFERENCES:
-            deltas = {
-                (r["method"], r["ratio"]): r for r in paired_differences(pool, base, (), (), VALIDATION, reference)
-            }
-            columns.append((reference, deltas))
+        columns = [
+            {(r["method"], r["ratio"]): r for r in paired_differences(pool, base, (), (), VALIDATION, reference)}
+            for reference in REFERENCES
+        ]
         for key in sorted(own_keys, key=lambda k: (k[1] or 1.0, k[0])):
             row = summary[key]
             cells = []
-            for reference, deltas in columns:
+            for deltas in columns:
                 delta = deltas.get(key)
                 if delta is None:
                     cells.append("–")
                     continue
-                per_seed = ", ".join(
-                    f"{g_val[(*key, s)] - g_val[(reference, key[1], s)]:+.3f}"
-                    for s in row["seeds"]
-                    if (reference, key[1], s) in g_val
-                )
+                per_seed = ", ".join(f"{d_g_val:+.3f}" for _, _, d_g_val in delta["per_seed"].values())
                 cells.append(f"{pm(delta['dG_val_mean'], delta['dG_val_std'])} ({per_seed})")
             print(
                 f"| {name} | {key[0]} | {format_ratio(key[1])} | {len(row['seeds'])} | "

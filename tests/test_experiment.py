@@ -55,6 +55,8 @@ def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
     # ΔG per seed: (0.34-0.30)/2 = 0.02, (0.40-0.32)/2 = 0.04 -> 0.03 ± 0.01414; ΔF: (0-0)/2, (0.02-0)/2 -> 0.005
     assert rows[0]["dG_mean"] == pytest.approx(0.03) and rows[0]["dG_std"] == pytest.approx(0.02 ** 0.5 / 10)
     assert rows[0]["dF_mean"] == pytest.approx(0.005) and math.isnan(rows[0]["dG_val_mean"])
+    assert list(rows[0]["per_seed"]) == [0, 1]
+    assert rows[0]["per_seed"][1][:2] == pytest.approx((0.04, 0.01))
     against_full = {(r["method"], r["ratio"]): r for r in
                     paired_differences(runs, BASE, ("med", "qa"), ("arc", "piqa"), reference="full")}
     # grads 0.05 vs full: seed 0 ΔG (0.34-0.50)/2 = -0.08, seed 1 (0.40-0.30)/2 = +0.05; random 0.5 only seed 0

@@ -276,25 +276,27 @@ def aggregate(results: list[dict], base_tasks: dict, domain, general, validation
 def paired_differences(results: list[dict], base_tasks: dict, domain, general, validation=(),
                        reference: str = "random") -> list[dict]:
     """Each method against `reference` run with the same seed (and the same ratio; `full` has none): the mean ±
-    std over seeds of ΔG, ΔF and ΔG_val. Pairing by seed removes what the seeds share (evaluation items, the
-    training order of the reference) and leaves the effect of the subset."""
+    std over seeds of ΔG, ΔF and ΔG_val, and each seed's (ΔG, ΔF, ΔG_val) under "per_seed". Pairing by seed
+    removes what the seeds share (evaluation items, the training order of the reference) and leaves the effect of
+    the subset."""
     def figures(run: dict) -> tuple[float, float, float]:
         g, f = gain_and_forgetting(run["tasks"], base_tasks, domain, general)
         return g, f, gain_and_forgetting(run["tasks"], base_tasks, validation, ())[0]
 
     by_key = {(r["method"], r["ratio"], r["seed"]): figures(r) for r in results}
-    groups: dict[tuple[str, float | None], list[tuple[float, float, float]]] = {}
+    groups: dict[tuple[str, float | None], dict[int, tuple[float, ...]]] = {}
     for (method, ratio, seed), mine in by_key.items():
         ref_ratio = None if reference == "full" else ratio
         theirs = by_key.get((reference, ref_ratio, seed))
         if method == reference or theirs is None or (ratio is None and reference != "full"):
             continue
-        groups.setdefault((method, ratio), []).append(tuple(a - b for a, b in zip(mine, theirs)))
+        groups.setdefault((method, ratio), {})[seed] = tuple(a - b for a, b in zip(mine, theirs))
     rows = []
-    for (method, ratio), deltas in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
-        row = {"method": method, "ratio": ratio, "reference": reference, "n_pairs": len(deltas)}
+    for (method, ratio), per_seed in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
+        row = {"method": method, "ratio": ratio, "reference": reference, "n_pairs": len(per_seed),
+               "per_seed": dict(sorted(per_seed.items()))}
         for i, name in enumerate(["dG", "dF", "dG_val"]):
-            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([d[i] for d in deltas])
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([d[i] for d in per_seed.values()])
         rows.append(row)
     return rows
 
