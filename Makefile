@@ -27,7 +27,7 @@ $(STAMP): requirements.lock requirements-assets.txt pyproject.toml
 demo: setup
 	$(BIN)/grads data prepare medmcqa --out $(DEMO_OUT)/data
 	$(BIN)/grads select --model smollm2-135m-instruct --data $(DEMO_OUT)/data/pool.jsonl --limit $(DEMO_N) \
-		--max-length 192 --warmup-fraction 0.5 --ratio 0.05 --ratio 0.5 --method grads --method grads-auto --method random \
+		--max-length 192 --ratio 0.05 --ratio 0.5 --method grads --method grads-auto --method random \
 		--method gradnorm --out $(DEMO_OUT)/select
 	@echo "demo finished: open $(DEMO_OUT)/select/report.html"
 

@@ -87,7 +87,7 @@ def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outp
     out = tmp_path / "sel"
     args = ["select", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "32",
             "--max-length", "96", "--batch-size", "8", "--ratio", "0.25", "--method", "grads", "--method", "random",
-            "--quiet", "--out", str(out)]
+            "--warmup-epochs", "1", "--quiet", "--out", str(out)]
     run = subprocess.run([*TORCHRUN, *args], env=_env(tmp_path), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     done = json.loads((out / "warmup" / "model" / "done.json").read_text())

@@ -111,7 +111,7 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
     from grads.cli import app, main
 
     common = {"model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "seeds": [0],
-              "include_full": False, "train": {"batch_size": 8},
+              "include_full": False, "train": {"batch_size": 8}, "warmup_epochs": 1,
               "eval": {"domain_tasks": [], "general_tasks": [], "validation_tasks": ["medmcqa_val"], "limit": 3}}
     first, variant, wrong = tmp_path / "first.yaml", tmp_path / "variant.yaml", tmp_path / "wrong.yaml"
     first.write_text(yaml.safe_dump({**common, "methods": ["grads"], "ratios": [0.5]}))

@@ -31,6 +31,7 @@ def pool_file(tmp_path_factory, medmcqa_dir):
 def run(pool_file, out, *extra):
     args = ["select", "--model", str(pool_file.parent.parent / "model"), "--data", str(pool_file), "--out",
             str(out), "--max-length", "64", "--batch-size", "8", "--ratio", "0.1", "--ratio", "0.5", "--quiet",
+            "--warmup-epochs", "1",
             *[x for m in METHODS for x in ("--method", m)], *extra]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -415,7 +415,7 @@ def warm(tmp_path_factory, tiny_model_dir):
     run = base / "run"
     job = SelectJob(model=ModelConfig(model=str(tiny_model_dir)), data=DataConfig(data=pool, max_length=64),
                     score=ScoreConfig(batch_size=4), train=TrainConfig(batch_size=2, save_steps=2),
-                    select=SelectConfig(methods=("grads", "random"), ratios=(0.25, 0.5)), out=run)
+                    select=SelectConfig(methods=("grads", "random"), ratios=(0.25, 0.5), warmup_epochs=1), out=run)
     job_file = base / "job.json"
     job_file.write_text(job.model_dump_json())
     run_select_process(job_file)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from grads.config import DEFAULT_SIGNAL
+from grads.config import DEFAULT_SIGNAL, DEFAULT_WARMUP_EPOCHS
 from grads.errors import EXIT_USAGE, GradsError
 
 app = typer.Typer(help="GrADS: gradient-aware data selection for supervised fine-tuning of LLMs.",
@@ -83,7 +83,8 @@ def select_cmd(
     method: Annotated[list[str] | None, typer.Option("--method", help="grads (default), grads-auto, grads-high, "
                       "grads-low, grads-tails, emb-only, head-only, random, full, length, loss, ifd, gradnorm; "
                       "repeatable")] = None,
-    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="0 = score the base model")] = 1.0,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="0 = score the base model (default); "
+                             "1 = the paper's one-epoch warm-up")] = DEFAULT_WARMUP_EPOCHS,
     warmup_fraction: Annotated[float, typer.Option("--warmup-fraction", help="warm up on this seeded fraction")] = 1.0,
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
     seed: Annotated[int, typer.Option("--seed", help="warm-up, random baseline and tie-free seed")] = 0,
@@ -101,7 +102,8 @@ def select_cmd(
     trust_remote_code: TrustOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Warm up, score every example at the warm-up model, and select subsets by each method and ratio.
+    """Score every example (at the base model, or after --warmup-epochs of warm-up) and select subsets by each
+    method and ratio.
 
     Writes OUT/scores.parquet, OUT/selected/<method>-<ratio>.jsonl (input rows verbatim, input order),
     OUT/selection.json and OUT/report.html. Rerunning reuses the warm-up and the scores.

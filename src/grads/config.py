@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The combined signal s of the density rules (docs/method.md §3; the measured choice, docs/results.md "Variants").
 DEFAULT_SIGNAL = "zsum"
+# Epochs of warm-up before scoring: 0 scores the base model θ0 (the measured choice, docs/method.md "What the
+# measurements say about the defaults"; the paper's warm-up is 1).
+DEFAULT_WARMUP_EPOCHS = 0.0
 
 
 def added(default: object, version: str, **kwargs) -> object:
@@ -101,7 +104,7 @@ class SelectConfig(StageConfig):
     methods: tuple[str, ...] = ("grads",)
     ratios: tuple[float, ...] = (0.05,)
     seed: int = 0
-    warmup_epochs: float = Field(1.0, ge=0, description="0 scores the base model without a warm-up")
+    warmup_epochs: float = Field(DEFAULT_WARMUP_EPOCHS, ge=0, description="0 scores the base model without a warm-up")
     warmup_fraction: float = Field(1.0, gt=0, le=1, description="warm up on a seeded random fraction of the pool")
     signal: str = Field(DEFAULT_SIGNAL, description="zsum | robust-zsum | emb | head | zsum-length-residual")
     bandwidth: str = Field("scott", description="scott | silverman | a number (factor times the std)")

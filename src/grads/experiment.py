@@ -1,6 +1,6 @@
 """`grads experiment CONFIG.yaml --out DIR`: the whole learn-more/forget-less protocol from one config.
 
-    base evaluation → one warm-up + scoring (shared) → selection per method × ratio × seed
+    base evaluation → scoring (after an optional warm-up; shared) → selection per method × ratio × seed
     → fine-tune θ0 on each subset (and on the full pool) per seed → evaluate each → summary.md/.csv + plot
 
 Every finished run is a file (DIR/runs/<run>/results.json); a rerun skips them, so a long grid can be finished
@@ -26,6 +26,7 @@ from pydantic import Field, ValidationError
 from grads import atomic
 from grads.config import (
     DEFAULT_SIGNAL,
+    DEFAULT_WARMUP_EPOCHS,
     DataConfig,
     ModelConfig,
     ScoreConfig,
@@ -63,7 +64,7 @@ class ExperimentConfig(StageConfig):
     seeds: tuple[int, ...] = (0, 1, 2)
     include_full: bool = True
     selection_signal: str = DEFAULT_SIGNAL
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
     warmup_fraction: float = 1.0
     warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "
                                     "this one reuses (a selection or recipe variant); its model, data and warm-up "

@@ -1,6 +1,6 @@
 """`grads select`, stage by stage, each leaving a file the next one reads:
 
-    pool → tokenise → warm-up (OUT/warmup/model) → scores at θ1 (OUT/score/scores.parquet)
+    pool → tokenise → [warm-up (OUT/warmup/model), if warmup_epochs > 0] → scores at θ0 / θ1 (OUT/score/scores.parquet)
          → signal + density (OUT/scores.parquet) → OUT/selected/<method>-<ratio>.jsonl, OUT/selection.json
          → OUT/report.html
 
@@ -105,7 +105,7 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
                                            warm_cfg, warmup_fp, progress))
     timings["warmup_s"] = round(time.perf_counter() - started, 1)
 
-    # 2. scores at θ1 (resumable chunks; reused when finished)
+    # 2. scores at θ0, or θ1 after the warm-up (resumable chunks; reused when finished)
     started = time.perf_counter()
     score_dir = out / "score"
     model = None

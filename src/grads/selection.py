@@ -199,7 +199,7 @@ def select_length(table, ratio, seed, cfg: SignalConfig | None = None):
 
 
 def select_loss(table, ratio, seed, cfg: SignalConfig | None = None):
-    """Baseline: the highest warm-up loss."""
+    """Baseline: the highest answer loss at the scoring model (θ0, or θ1 after a warm-up)."""
     return top_k(table["loss"].to_numpy(), _k(table, ratio), table)
 
 
