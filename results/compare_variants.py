@@ -54,7 +54,7 @@ def main() -> None:
                 per_seed = ", ".join(f"{d_g_val:+.3f}" for _, _, d_g_val in delta["per_seed"].values())
                 cells.append(f"{pm(delta['dG_val_mean'], delta['dG_val_std'])} ({per_seed})")
             print(
-                f"| {name} | {key[0]} | {format_ratio(key[1])} | {len(row['seeds'])} | "
+                f"| {name} | {key[0]} | {format_ratio(key[1], key[0])} | {len(row['seeds'])} | "
                 f"{pm(row['G_val_mean'], row['G_val_std'])} | {' | '.join(cells)} |"
             )
 

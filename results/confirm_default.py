@@ -43,7 +43,7 @@ def main() -> None:
             per_seed = "; ".join(f"{dg:+.3f}, {df:+.3f}" for dg, df, _ in delta["per_seed"].values())
             cells.append(f"{pm(delta['dG_mean'], delta['dG_std'])}, {pm(delta['dF_mean'], delta['dF_std'])} "
                          f"({per_seed})")
-        print(f"| {format_ratio(ratio)} | {len(row['seeds'])} | {pm(row['G_mean'], row['G_std'])} | "
+        print(f"| {format_ratio(ratio, LABEL)} | {len(row['seeds'])} | {pm(row['G_mean'], row['G_std'])} | "
               f"{pm(row['F_mean'], row['F_std'])} | {pm(row['G_val_mean'], row['G_val_std'])} | "
               + " | ".join(cells) + " |")
 

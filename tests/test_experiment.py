@@ -69,6 +69,9 @@ def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
     cfg = ExperimentConfig(methods=("random", "grads"), ratios=(0.05, 0.5), seeds=(0, 1))
     runs = planned_runs(cfg)
     assert len(runs) == 2 * (1 + 2 * 2) and ("full", None, 1) in runs and ("grads", 0.5, 0) in runs
+    # a method that chooses its own budget runs once per seed, whatever the ratios
+    auto = planned_runs(ExperimentConfig(methods=("grads", "grads-auto"), ratios=(0.05, 0.5), seeds=(0,)))
+    assert auto == [("full", None, 0), ("grads-auto", None, 0), ("grads", 0.05, 0), ("grads", 0.5, 0)]
 
 
 def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, tiny_model_dir):
@@ -118,7 +121,7 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
     result = CliRunner().invoke(app, ["experiment", str(first), "--out", str(tmp_path / "a")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     pool = str(tmp_path / "a" / "data" / "pool.jsonl")
-    variant.write_text(yaml.safe_dump({**common, "data": pool, "methods": ["grads-low"], "ratios": [0.5],
+    variant.write_text(yaml.safe_dump({**common, "data": pool, "methods": ["grads-low", "grads-auto"], "ratios": [0.5],
                                        "warmup_from": str(tmp_path / "a"),
                                        "train": {"batch_size": 8, "max_steps": 3}}))
     result = CliRunner().invoke(app, ["experiment", str(variant), "--out", str(tmp_path / "b")],
@@ -133,6 +136,12 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
     assert run["train_seconds"] == done["seconds"] > 0  # from the training record, so a resumed grid keeps it
     summary = (tmp_path / "b" / "summary.md").read_text()
     assert "3 optimizer steps" in summary and "| grads-low | 0.5 | 1 | – | – |" in summary
+    # grads-auto trains on exactly the rows `grads select` wrote for it (its own budget), once per seed
+    auto = json.loads((tmp_path / "b" / "runs" / "grads-auto-s0" / "results.json").read_text())
+    chosen = (tmp_path / "b" / "select" / "selected" / "grads-auto.jsonl").read_text()
+    assert auto["ratio"] is None and auto["n_train"] == len(chosen.splitlines()) < 16
+    assert (tmp_path / "b" / "runs" / "grads-auto-s0" / "train.jsonl").read_text() == chosen
+    assert "| grads-auto | auto | 1 | – | – |" in summary
     # another warm-up setting cannot borrow that warm-up
     wrong.write_text(yaml.safe_dump({**common, "data": pool, "methods": ["grads"], "ratios": [0.5],
                                      "warmup_fraction": 0.5, "warmup_from": str(tmp_path / "a")}))

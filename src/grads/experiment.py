@@ -101,13 +101,16 @@ def run_name(method: str, ratio: float | None, seed: int) -> str:
 
 
 def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
+    """(method, ratio, seed) of every fine-tune; a method that chooses its own budget (grads-auto, and full)
+    runs once per seed with ratio None."""
+    from grads.selection import RATIO_FREE
+
     runs = []
     for seed in cfg.seeds:
-        if cfg.include_full:
-            runs.append(("full", None, seed))
+        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if m in RATIO_FREE]
+        runs += [(method, None, seed) for method in dict.fromkeys(free)]
         for ratio in cfg.ratios:
-            for method in cfg.methods:
-                runs.append((method, ratio, seed))
+            runs += [(method, ratio, seed) for method in cfg.methods if method not in RATIO_FREE]
     if cfg.order == "by-method":
         runs.sort(key=lambda r: (r[0], r[1] or 1.0, r[2]))
     return runs
@@ -339,7 +342,7 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
              + " | ".join(tasks) + " |",
              "|---|---|---|---|---|" + ("---|" if val else "") + "---|" * len(tasks)]
     for row in rows:
-        ratio = format_ratio(row["ratio"])
+        ratio = format_ratio(row["ratio"], row["method"])
         accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in tasks)
         g_val = f"{pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
         lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {pm(row['G_mean'], row['G_std'])} "
@@ -354,7 +357,7 @@ def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
                   "| method | ratio | pairs | ΔG | ΔF | " + ("ΔG_val |" if val else ""),
                   "|---|---|---|---|---|" + ("---|" if val else "")]
         for row in pairs:
-            ratio = format_ratio(row["ratio"])
+            ratio = format_ratio(row["ratio"], row["method"])
             g_val = f" {pm(row['dG_val_mean'], row['dG_val_std'])} |" if val else ""
             lines.append(f"| {row['method']} | {ratio} | {row['n_pairs']} | {pm(row['dG_mean'], row['dG_std'])} "
                          f"| {pm(row['dF_mean'], row['dF_std'])} |{g_val}")
@@ -374,8 +377,11 @@ def _recipe(train: TrainConfig) -> str:
     return f"{'LoRA' if train.lora else 'full'}, {length} of batch {batch}, lr {train.lr:g}"
 
 
-def format_ratio(ratio: float | None) -> str:
-    return "1 (full)" if ratio is None else f"{ratio:g}"
+def format_ratio(ratio: float | None, method: str) -> str:
+    """A ratio for a table: '0.05', '1 (full)' for the full pool, 'auto' for a budget the method chose."""
+    if ratio is None:
+        return "1 (full)" if method == "full" else "auto"
+    return f"{ratio:g}"
 
 
 def pm(mean: float, std: float | None = None) -> str:
