@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU experiment behind docs/results.md, one after another. Each is resumable: rerun this script and
-# finished runs are skipped. Run from anywhere; about 6 h on a 2-core CPU in all.
+# finished runs are skipped. Run from anywhere; about 6.5 h on a 2-core CPU in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grads=.venv/bin/grads
@@ -10,3 +10,5 @@ for variant in density-tails length-residual no-warmup no-warmup-ratios steps38;
 done
 # the chosen default (no warm-up) on the test tasks, after the choice (docs/results.md)
 $grads experiment results/confirm-no-warmup/config.yaml --out results/confirm-no-warmup
+# grads-auto (a budget the data chooses) at the default scoring, on the test tasks
+$grads experiment results/auto-budget/config.yaml --out results/auto-budget
