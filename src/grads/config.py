@@ -1,13 +1,21 @@
-"""One typed config per stage. The CLI mirrors these fields; defaults live here and nowhere else."""
+"""One typed config per stage, and one job (its configs plus an output folder) per stage entry point.
+
+Defaults, constraints and help texts live here and nowhere else: the CLI's options are built from these fields
+(`grads.cli`), and the experiment config declares its flat fields as copies of them (`like`). Method and signal
+names are checked against the registries in `grads.selection` (the one list of each).
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 
 # The combined signal s of the density rules (docs/method.md §3; the measured choice, docs/results.md "Variants").
 DEFAULT_SIGNAL = "zsum"
@@ -20,6 +28,25 @@ def added(default: object, version: str, **kwargs) -> object:
     """A setting added after the first release: left out of `settings()` while it holds its default, so the
     records and fingerprints of runs made before it existed (a half-finished grid, a warm-up) stay valid."""
     return Field(default, json_schema_extra={"added_in": version}, **kwargs)
+
+
+def like(source: type[BaseModel], name: str, **changes: Any) -> Any:
+    """A field declared as `source`'s field `name` (type constraints, description, default), with `changes`
+    (e.g. another default): how a config that gathers other stages' settings avoids restating them."""
+    info = copy.deepcopy(source.model_fields[name])
+    for key, value in changes.items():
+        setattr(info, key, value)
+    return info
+
+
+def default(source: type[BaseModel], name: str) -> Any:
+    """The default of a config field (for the CLI's option defaults)."""
+    return source.model_fields[name].default
+
+
+def describe(source: type[BaseModel], name: str) -> str:
+    """The help text of a config field (for the CLI's option help)."""
+    return source.model_fields[name].description or ""
 
 
 class StageConfig(BaseModel):
@@ -98,26 +125,125 @@ class TrainConfig(StageConfig):
         return self.learning_rate or (2e-4 if self.lora else 2e-5)
 
 
-class SelectConfig(StageConfig):
-    """`grads select`: warm-up length, the signal and density choices, methods and ratios."""
+class SignalConfig(StageConfig):
+    """How the two norms become one signal s and its density (the DECIDED choices of docs/method.md §3)."""
 
-    methods: tuple[str, ...] = ("grads",)
-    ratios: tuple[float, ...] = (0.05,)
-    seed: int = 0
-    warmup_epochs: float = Field(DEFAULT_WARMUP_EPOCHS, ge=0, description="0 scores the base model without a warm-up")
+    signal: str = Field(DEFAULT_SIGNAL, description="combined signal of the density rules: "
+                        "zsum | robust-zsum | emb | head | zsum-length-residual (grads.selection.SIGNALS)")
+    bandwidth: str = Field("scott", description="KDE bandwidth rule: scott | silverman | a factor times the std")
+    bandwidth_scale: float = Field(1.0, gt=0, description="multiplies the bandwidth")
+    kde: Literal["auto", "exact", "binned"] = Field("auto", description="exact O(n²) sum or FFT on a fine grid "
+                                                    "(auto: exact up to 5,000 examples)")
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        from grads.selection import check_signal
+
+        check_signal(value)
+        return value
+
+    @property
+    def bandwidth_rule(self) -> str | float:
+        """'scott', 'silverman', or the factor as a number."""
+        try:
+            return float(self.bandwidth)
+        except ValueError:
+            return self.bandwidth
+
+    def signal_only(self) -> SignalConfig:
+        """Just the signal settings (a SelectConfig carries more)."""
+        return SignalConfig(**{name: getattr(self, name) for name in SignalConfig.model_fields})
+
+
+class SelectConfig(SignalConfig):
+    """`grads select`: warm-up length, methods and ratios, plus the signal and density choices it inherits."""
+
+    methods: tuple[str, ...] = Field(("grads",), description="selection rules (grads.selection.RULES)")
+    ratios: tuple[float, ...] = Field((0.05,), description="fractions of the eligible examples to keep, in (0, 1]")
+    seed: int = Field(0, description="the one seed of a selection: warm-up (sample, order) and random baselines")
+    warmup_epochs: float = Field(DEFAULT_WARMUP_EPOCHS, ge=0, description="0 scores the base model without a "
+                                 "warm-up; 1 is the paper's one-epoch warm-up")
     warmup_fraction: float = Field(1.0, gt=0, le=1, description="warm up on a seeded random fraction of the pool")
-    signal: str = Field(DEFAULT_SIGNAL, description="zsum | robust-zsum | emb | head | zsum-length-residual")
-    bandwidth: str = Field("scott", description="scott | silverman | a number (factor times the std)")
-    bandwidth_scale: float = Field(1.0, gt=0)
-    kde: Literal["auto", "exact", "binned"] = "auto"
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from grads.selection import check_methods
+
+        check_methods(value)
+        return value
+
+    @field_validator("ratios")
+    @classmethod
+    def _valid_ratios(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        from grads.selection import check_ratios
+
+        check_ratios(value)
+        return value
 
 
 class SelectJob(StageConfig):
-    """Everything `grads select` needs."""
+    """Everything `grads select` needs. `train` is the warm-up's recipe; it takes its seed from `select.seed`."""
 
     model: ModelConfig
     data: DataConfig
     score: ScoreConfig = ScoreConfig()
     train: TrainConfig = TrainConfig()
     select: SelectConfig = SelectConfig()
+    out: Path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        select = data.get("select", SelectConfig())
+        seed = select.seed if isinstance(select, SelectConfig) else dict(select).get("seed", 0)
+        train = data.get("train", TrainConfig())
+        train = train.model_copy(update={"seed": seed}) if isinstance(train, TrainConfig) else {**train, "seed": seed}
+        return {**data, "train": train}
+
+
+class TrainJob(StageConfig):
+    """Everything `grads train` needs."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    out: Path
+
+    def fingerprint_for(self, data_sha256: str) -> str:
+        """What decides the fine-tuned model: the recipe, the base model, the data settings and the data's hash."""
+        return self.train.fingerprint(model=self.model.settings(), data_sha256=data_sha256,
+                                      data=self.data.settings())
+
+
+class EvalConfig(StageConfig):
+    """The evaluation of an experiment: which tasks count as domain (G), general (F) and validation."""
+
+    domain_tasks: tuple[str, ...] = DOMAIN_TASKS
+    general_tasks: tuple[str, ...] = GENERAL_TASKS
+    validation_tasks: tuple[str, ...] = Field(
+        (), description="tasks carved from the pool's side (e.g. medmcqa_val): reported as G_val, used to choose "
+        "variants; never part of G or F")
+    limit: int | None = Field(200, gt=0, description="questions per task (a fixed subset, the same for all runs)")
+    limits: dict[str, int] = Field({}, description="per-task overrides of limit")
+    batch_size: int = Field(16, gt=0, description="sequences per forward pass")
+
+    def all_tasks(self) -> list[str]:
+        return list(dict.fromkeys(self.domain_tasks + self.validation_tasks + self.general_tasks))
+
+
+class EvalJob(StageConfig):
+    """Everything `grads eval` needs: tasks are names, groups ('domain', 'general', 'all') or .jsonl files."""
+
+    model: ModelConfig
+    tasks: tuple[str, ...] = Field(("all",), description="task names, 'domain', 'general', 'all', or a .jsonl of "
+                                   "question/choices/answer")
+    limit: int | None = like(EvalConfig, "limit", default=None)
+    limits: dict[str, int] = like(EvalConfig, "limits")
+    batch_size: int = like(EvalConfig, "batch_size")
+    backend: Literal["grads", "lm-eval"] = Field("grads", description="grads (built in) or lm-eval (the same "
+                                                 "tasks and questions through lm-evaluation-harness)")
     out: Path

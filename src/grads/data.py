@@ -41,15 +41,6 @@ class Example:
 
 
 @dataclass
-class Pool:
-    path: Path
-    format: str
-    sha256: str
-    examples: list[Example]
-    id_source: str  # "field" (the file's own ids) or "content-hash"
-
-
-@dataclass
 class TokenizedExample:
     id: str
     row: int
@@ -381,12 +372,19 @@ class PoolInfo:
     format: str
     sha256: str
     n_examples: int
-    id_source: str
+    id_source: str  # "field" (the file's own ids) or "content-hash"
 
     def record(self) -> dict:
         """The `input` entry of score.json and selection.json: which file, exactly, was read."""
         return {"path": str(self.path), "sha256": self.sha256, "format": self.format, "ids": self.id_source,
                 "n_examples": self.n_examples}
+
+
+@dataclass
+class Pool(PoolInfo):
+    """A pool read into memory: its PoolInfo and its normalised examples (small pools, `grads data inspect`)."""
+
+    examples: list[Example] = field(default_factory=list)
 
 
 def scan_pool(path: str | Path, fmt: str | None = None, limit: int | None = None) -> PoolInfo:
@@ -400,7 +398,7 @@ def load_pool(path: str | Path, fmt: str | None = None, limit: int | None = None
     path = Path(path)
     examples = list(iter_examples(path, fmt, limit))
     info = _describe(path, fmt, len(examples))
-    return Pool(path=path, format=info.format, sha256=info.sha256, examples=examples, id_source=info.id_source)
+    return Pool(**vars(info), examples=examples)
 
 
 def _describe(path: Path, fmt: str | None, n_examples: int) -> PoolInfo:
@@ -506,14 +504,3 @@ def truncate(tok: TokenizedExample, max_length: int | None) -> TokenizedExample:
         answer_cut = 0
     return TokenizedExample(tok.id, tok.row, ids, labels, truncated_prompt_tokens=cut_left + cut_right - answer_cut,
                             truncated_answer_tokens=answer_cut)
-
-
-def tokenize_pool(tokenizer, pool: Pool, max_length: int | None = None
-                  ) -> tuple[list[TokenizedExample], TokenizeStats]:
-    stats = TokenizeStats(n_examples=len(pool.examples))
-    out = []
-    for example in pool.examples:
-        tok = tokenize_example(tokenizer, example, max_length)
-        stats.add(tok)
-        out.append(tok)
-    return out, stats

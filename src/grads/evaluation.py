@@ -164,3 +164,35 @@ def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = No
     finally:
         model.train(was_training)
     return results
+
+
+def _backend(name: str):
+    """The evaluator behind --backend: every backend takes evaluate()'s arguments and returns its results."""
+    if name == "lm-eval":
+        from grads.lm_eval_backend import evaluate_lm_eval, require_lm_eval
+
+        require_lm_eval()
+        return evaluate_lm_eval
+    return evaluate
+
+
+def run_eval(job, log=None) -> dict:
+    """The evaluation stage (`grads eval`): every task of job.tasks on job.model -> job.out (JSON); returns what it
+    wrote. Unknown tasks and a missing backend fail before the model loads."""
+    from grads import atomic
+    from grads.models import load_model, load_tokenizer
+    from grads.tasks import expand
+
+    names = expand(list(job.tasks))
+    for name in names:
+        resolve_task(name)
+    evaluator = _backend(job.backend)
+    m = job.model
+    model = load_model(m.model, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+    tokenizer = load_tokenizer(m.model, trust_remote_code=m.trust_remote_code)
+    started = time.perf_counter()
+    results = evaluator(model, tokenizer, names, job.limit, job.batch_size, log, limits=job.limits)
+    payload = {"model": m.model, "limit": job.limit, "backend": job.backend, "tasks": results,
+               "seconds": round(time.perf_counter() - started, 1), **({"limits": job.limits} if job.limits else {})}
+    atomic.write_json(job.out, payload)
+    return payload

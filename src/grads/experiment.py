@@ -14,9 +14,7 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -25,56 +23,77 @@ from pydantic import Field, ValidationError
 
 from grads import atomic
 from grads.config import (
-    DEFAULT_SIGNAL,
-    DEFAULT_WARMUP_EPOCHS,
     DataConfig,
+    EvalConfig,
+    EvalJob,
     ModelConfig,
     ScoreConfig,
     SelectConfig,
     SelectJob,
+    SignalConfig,
     StageConfig,
     TrainConfig,
+    TrainJob,
     added,
+    like,
 )
 from grads.errors import GradsError
-from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 
-
-class EvalConfig(StageConfig):
-    domain_tasks: tuple[str, ...] = DOMAIN_TASKS
-    general_tasks: tuple[str, ...] = GENERAL_TASKS
-    validation_tasks: tuple[str, ...] = Field(
-        (), description="tasks carved from the pool's side (e.g. medmcqa_val): reported as G_val, used to choose "
-        "variants; never part of G or F")
-    limit: int | None = Field(200, gt=0, description="questions per task (a fixed subset, the same for all runs)")
-    limits: dict[str, int] = Field({}, description="per-task overrides of limit")
-
-    def all_tasks(self) -> list[str]:
-        return list(dict.fromkeys(self.domain_tasks + self.validation_tasks + self.general_tasks))
-    batch_size: int = Field(16, gt=0)
+__all__ = ["EvalConfig", "ExperimentConfig", "run_experiment"]
 
 
 class ExperimentConfig(StageConfig):
-    model: str = "smollm2-135m-instruct"
+    """One experiment. Its flat fields are the stage configs' own (`like`: same type, constraints and help), with
+    experiment defaults where they differ; `select_job`, `train_job` and `eval_job` build the stage jobs."""
+
+    model: str = like(ModelConfig, "model", default="smollm2-135m-instruct")
     data: str = Field("medmcqa", description="'medmcqa' (bundled: prepared into DIR/data) or a pool file")
-    pool_limit: int | None = Field(600, gt=0)
-    max_length: int = 256
-    methods: tuple[str, ...] = ("random", "grads", "grads-high", "gradnorm")
-    ratios: tuple[float, ...] = (0.05, 0.25, 0.5)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    include_full: bool = True
-    selection_signal: str = DEFAULT_SIGNAL
-    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
-    warmup_fraction: float = 1.0
+    pool_limit: int | None = like(DataConfig, "limit", default=600)
+    max_length: int = like(DataConfig, "max_length", default=256)
+    methods: tuple[str, ...] = like(SelectConfig, "methods", default=("random", "grads", "grads-high", "gradnorm"))
+    ratios: tuple[float, ...] = like(SelectConfig, "ratios", default=(0.05, 0.25, 0.5))
+    seeds: tuple[int, ...] = Field((0, 1, 2), description="one fine-tune per method, ratio and seed")
+    include_full: bool = Field(True, description="also fine-tune on the whole pool, once per seed")
+    selection_signal: str = like(SelectConfig, "signal")
+    warmup_epochs: float = like(SelectConfig, "warmup_epochs")
+    warmup_fraction: float = like(SelectConfig, "warmup_fraction")
     warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "
                                     "this one reuses (a selection or recipe variant); its model, data and warm-up "
                                     "settings must be the same")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    device: str = "auto"
-    dtype: str = "auto"
-    score_batch_size: int = 8
-    order: Literal["by-seed", "by-method"] = "by-seed"
+    device: str = like(ModelConfig, "device")
+    dtype: str = like(ModelConfig, "dtype")
+    score_batch_size: int = like(ScoreConfig, "batch_size")
+    order: Literal["by-seed", "by-method"] = Field("by-seed", description="run the grid seed by seed, or method "
+                                                  "by method")
+
+    def stage_model(self, model: str | None = None) -> ModelConfig:
+        return ModelConfig(model=model or self.model, dtype=self.dtype, device=self.device)
+
+    def signal_config(self) -> SignalConfig:
+        return SignalConfig(signal=self.selection_signal)
+
+    def select_job(self, pool_path: Path, out: Path) -> SelectJob:
+        """The one shared selection (seed 0; the random baseline re-draws per seed in the runs)."""
+        return SelectJob(model=self.stage_model(), data=DataConfig(data=pool_path, max_length=self.max_length,
+                                                                    limit=self.pool_limit),
+                         score=ScoreConfig(batch_size=self.score_batch_size), train=self.train,
+                         select=SelectConfig(methods=tuple(dict.fromkeys(self.methods)) or ("grads",),
+                                             ratios=self.ratios, seed=0, warmup_epochs=self.warmup_epochs,
+                                             warmup_fraction=self.warmup_fraction, signal=self.selection_signal),
+                         out=out)
+
+    def train_job(self, run_dir: Path, seed: int) -> TrainJob:
+        """A fine-tune of the base model on the run's train.jsonl (the chosen pool rows, verbatim)."""
+        return TrainJob(model=self.stage_model(), data=DataConfig(data=run_dir / "train.jsonl",
+                                                                   max_length=self.max_length),
+                        train=self.train.model_copy(update={"seed": seed}), out=run_dir)
+
+    def eval_job(self, model: str, out: Path) -> EvalJob:
+        ev = self.eval
+        return EvalJob(model=self.stage_model(model), tasks=tuple(ev.all_tasks()), limit=ev.limit, limits=ev.limits,
+                       batch_size=ev.batch_size, out=out)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -103,45 +122,29 @@ def run_name(method: str, ratio: float | None, seed: int) -> str:
 def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
     """(method, ratio, seed) of every fine-tune; a method that chooses its own budget (grads-auto, and full)
     runs once per seed with ratio None."""
-    from grads.selection import RATIO_FREE
+    from grads.selection import RULES
 
     runs = []
     for seed in cfg.seeds:
-        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if m in RATIO_FREE]
+        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if not RULES[m].takes_ratio]
         runs += [(method, None, seed) for method in dict.fromkeys(free)]
         for ratio in cfg.ratios:
-            runs += [(method, ratio, seed) for method in cfg.methods if method not in RATIO_FREE]
+            runs += [(method, ratio, seed) for method in cfg.methods if RULES[method].takes_ratio]
     if cfg.order == "by-method":
         runs.sort(key=lambda r: (r[0], r[1] or 1.0, r[2]))
     return runs
 
 
-def _evaluate_to(path: Path, model_name: str, cfg: ExperimentConfig, log) -> dict:
+def _evaluate_to(path: Path, model: str, cfg: ExperimentConfig, log) -> dict:
+    """The evaluation stage's file for this model, run once (a finished file is reused)."""
+    from grads.evaluation import run_eval
+
     if path.exists():
         return json.loads(path.read_text())
-    from grads.evaluation import evaluate
-    from grads.models import load_model, load_tokenizer
-
-    model = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
-    tokenizer = load_tokenizer(model_name)
-    started = time.perf_counter()
-    results = evaluate(model, tokenizer, cfg.eval.all_tasks(), cfg.eval.limit, cfg.eval.batch_size, log,
-                       limits=cfg.eval.limits)
-    payload = {"model": model_name, "tasks": results, "seconds": round(time.perf_counter() - started, 1)}
-    atomic.write_json(path, payload)
-    return payload
+    return run_eval(cfg.eval_job(model, path), log)
 
 
-def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs: int | None = None) -> Path:
-    from grads import bundled
-    from grads.data import load_pool, raw_rows, tokenize_pool
-    from grads.models import load_tokenizer
-    from grads.pipeline import load_scores, run_select
-    from grads.selection import SignalConfig, select
-    from grads.training import train_sft
-
-    cfg = load_config(config_path)
-    out = Path(out)
+def _claim(out: Path, cfg: ExperimentConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     if saved.exists() and json.loads(saved.read_text()) != cfg.settings():
@@ -149,91 +152,73 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
                          hint="use another --out, or the same config")
     atomic.write_json(saved, cfg.settings())
 
-    if cfg.data == "medmcqa":
-        if not (out / "data" / "prepare.json").exists():
-            bundled.prepare_medmcqa(out / "data")
-        pool_path = out / "data" / "pool.jsonl"
-    else:
-        pool_path = Path(cfg.data)
-    model_cfg = ModelConfig(model=cfg.model, dtype=cfg.dtype, device=cfg.device)
-    data_cfg = DataConfig(data=pool_path, max_length=cfg.max_length, limit=cfg.pool_limit)
 
+def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
+    from grads import bundled
+
+    if cfg.data != "medmcqa":
+        return Path(cfg.data)
+    if not (out / "data" / "prepare.json").exists():
+        bundled.prepare_medmcqa(out / "data")
+    return out / "data" / "pool.jsonl"
+
+
+def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frame, rows, pool, tokenizer,
+               log) -> None:
+    """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json."""
+    from grads.selection import select
+    from grads.training import run_train
+
+    method, ratio, seed = run
+    name = run_name(method, ratio, seed)
+    run_dir = out / "runs" / name
+    picked = select(frame, method, ratio, seed, cfg.signal_config())
+    rows.write(run_dir / "train.jsonl", picked)
+    log(f"{name}: fine-tuning on {len(picked)} examples")
+    model_dir = run_train(cfg.train_job(run_dir, seed), pool.subset(picked), tokenizer, progress=False)
+    done_train = json.loads((model_dir / "done.json").read_text())
+    log(f"{name}: evaluating")
+    result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
+    atomic.write_json(run_dir / "results.json", {
+        "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
+        "train_seconds": done_train.get("seconds"), "tasks": result["tasks"],  # None: trained by an old release
+        "train_loss": done_train["train_loss"]})
+
+
+def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs: int | None = None) -> Path:
+    """Compose the stages: base evaluation, `grads select` (shared), then per run a fine-tune and its evaluation;
+    the summary is rewritten after every run, so a long grid can be read while it runs."""
+    from grads.data import raw_rows, scan_pool
+    from grads.models import load_tokenizer
+    from grads.pipeline import adopt_upstream, run_select
+    from grads.subsets import load_scores
+    from grads.token_cache import tokenized
+
+    cfg = load_config(config_path)
+    out = Path(out)
+    _claim(out, cfg)
+    pool_path = _pool_path(cfg, out)
+    select_job = cfg.select_job(pool_path, out / "select")  # checks methods and ratios before any model loads
     log("base model: evaluating")
     base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, log)
-
-    selection_methods = tuple(dict.fromkeys(m for m in cfg.methods))
-    job = SelectJob(model=model_cfg, data=data_cfg, score=ScoreConfig(batch_size=cfg.score_batch_size),
-                    train=cfg.train,
-                    select=SelectConfig(methods=selection_methods or ("grads",), ratios=cfg.ratios, seed=0,
-                                        warmup_epochs=cfg.warmup_epochs, warmup_fraction=cfg.warmup_fraction,
-                                        signal=cfg.selection_signal),
-                    out=out / "select")
     if cfg.warmup_from:
-        _reuse_warmup(Path(cfg.warmup_from) / "select", job, log)
-    run_select(job, log=log)
+        adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
+    run_select(select_job, log=log)
     frame = load_scores(out / "select")
-    signal_cfg = SignalConfig(cfg.selection_signal)
-
-    pool = load_pool(pool_path, None, cfg.pool_limit)
-    rows = raw_rows(pool_path)[: len(pool.examples)]
     tokenizer = load_tokenizer(cfg.model)
-    examples, _ = tokenize_pool(tokenizer, pool, cfg.max_length)
+    pool = tokenized(scan_pool(pool_path, None, cfg.pool_limit), tokenizer, cfg.pool_limit, cfg.max_length)
+    rows = raw_rows(pool_path, cfg.pool_limit)
     done = 0
-    for method, ratio, seed in planned_runs(cfg):
-        name = run_name(method, ratio, seed)
-        run_dir = out / "runs" / name
-        if (run_dir / "results.json").exists():
+    for run in planned_runs(cfg):
+        if (out / "runs" / run_name(*run) / "results.json").exists():
             continue
         if max_runs is not None and done >= max_runs:
             break
-        picked = select(frame, method, ratio, seed, signal_cfg)
-        atomic.write_text(run_dir / "train.jsonl", "".join(rows[i] + "\n" for i in picked))
-        train_cfg = cfg.train.model_copy(update={"seed": seed})
-        fingerprint = train_cfg.fingerprint(model=cfg.model, ids=[examples[i].id for i in picked],
-                                            max_length=cfg.max_length)
-        log(f"{name}: fine-tuning on {len(picked)} examples")
-        model_dir = train_sft(model_cfg, tokenizer, [examples[i] for i in picked], run_dir, train_cfg, fingerprint,
-                              progress=False)
-        done_train = json.loads((model_dir / "done.json").read_text())
-        log(f"{name}: evaluating")
-        result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
-        atomic.write_json(run_dir / "results.json", {
-            "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
-            "train_seconds": done_train.get("seconds"), "tasks": result["tasks"],  # None: trained by an old release
-            "train_loss": done_train["train_loss"]})
+        _fine_tune(cfg, run, out, frame, rows, pool, tokenizer, log)
         done += 1
-        write_summary(out, cfg, base)  # a long grid can be read while it runs
+        write_summary(out, cfg, base)
     write_summary(out, cfg, base)
     return out / "summary.md"
-
-
-def _reuse_warmup(source: Path, job: SelectJob, log) -> None:
-    """Copy another experiment's finished warm-up model and scores into this one's select folder, after checking
-    that they were made with exactly the warm-up settings this experiment would use."""
-    import shutil
-
-    from grads.data import scan_pool
-    from grads.pipeline import warmup_plan
-
-    target = Path(job.out)
-    if (target / "score" / "score.json").exists():
-        return
-    done = source / "selection.json"
-    if not done.exists():
-        raise GradsError("warmup_from: no finished selection there", path=source.parent,
-                         hint="finish that experiment's selection stage first, or remove warmup_from")
-    _, _, score_fp = warmup_plan(job, scan_pool(job.data.data, job.data.format, job.data.limit).sha256)
-    if json.loads(done.read_text()).get("score_fingerprint") != score_fp:
-        raise GradsError("warmup_from: that experiment's warm-up or scores were made with other model, data, "
-                         "warm-up or scoring settings", path=source.parent,
-                         hint="use the same model, data (the same path), max_length, pool_limit, warm-up and train "
-                              "recipe (max_steps aside), or remove warmup_from")
-    log(f"reusing the warm-up and scores of {source.parent}")
-    for part in ("warmup/model", "score"):
-        if (source / part).exists() and not (target / part).exists():
-            shutil.copytree(source / part, target / f".{part.replace('/', '-')}.copy", dirs_exist_ok=True)
-            (target / part).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target / f".{part.replace('/', '-')}.copy", target / part)
 
 
 # --------------------------------------------------------------------------------------------- summary

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from grads.data import IGNORE_INDEX
+
 LOGITS_BUDGET = 1 << 26  # floats of (batch × targets × vocab-chunk) logits held at once (256 MB in fp32)
 
 

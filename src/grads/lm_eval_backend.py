@@ -63,7 +63,8 @@ def _write_task(folder: Path, key: str, items: list) -> tuple[str, int]:
 
 
 def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None = None, batch_size: int = 16,
-                     log=None) -> dict[str, dict]:
+                     log=None, limits: dict[str, int] | None = None) -> dict[str, dict]:
+    """The same contract as grads.evaluation.evaluate, scored by lm-evaluation-harness."""
     require_lm_eval()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -78,7 +79,7 @@ def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None 
         specs = {}
         for name in task_names:
             key, spec = resolve_task(name)
-            items, _ = task_items(tokenizer, key, spec, limit)
+            items, _ = task_items(tokenizer, key, spec, (limits or {}).get(name, limit))
             specs[key] = (spec, *_write_task(folder, key, items))
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         manager = TaskManager(include_path=str(folder), include_defaults=False)

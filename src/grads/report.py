@@ -22,8 +22,9 @@ import pandas as pd  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 from grads import atomic  # noqa: E402
+from grads.config import SignalConfig  # noqa: E402
 from grads.kde import kde_exact  # noqa: E402
-from grads.selection import SignalConfig  # noqa: E402
+from grads.selection import RULES  # noqa: E402
 
 COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -65,9 +66,9 @@ def plot_signal(frame, summary, path: Path) -> bytes:
         if picked.sum() == 0:
             continue
         sel_s = frame.loc[picked, "combined"].to_numpy()
-        if entry["method"] in ("grads", "grads-auto", "emb-only", "head-only"):
-            level = np.nanmin(dens[picked])
-            region = curve >= level
+        rule = RULES.get(entry["method"])
+        if rule is not None and rule.reads == "density":  # the region of the curve above (below) the cut
+            region = curve >= np.nanmin(dens[picked]) if rule.keeps == "high" else curve <= np.nanmax(dens[picked])
         else:
             region = (grid >= sel_s.min()) & (grid <= sel_s.max())
         ax.fill_between(grid, 0, curve, where=region, color=colour, alpha=0.3,
@@ -207,3 +208,18 @@ Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.ba
     path = out_dir / "report.html"
     atomic.write_text(path, page)
     return path
+
+
+def run_report(out_dir: str | Path) -> Path:
+    """The report stage: read OUT/scores.parquet, OUT/selection.json and the input rows it names; write
+    OUT/report.html and OUT/plots/*.png."""
+    from grads.data import raw_rows
+    from grads.subsets import load_scores
+
+    out_dir = Path(out_dir)
+    atomic.remove_stale_temps(out_dir / "plots")  # a kill during an earlier plot left its temporary file
+    summary = json.loads((out_dir / "selection.json").read_text())
+    settings = summary["settings"]
+    signal = SignalConfig(**{k: settings["select"][k] for k in SignalConfig.model_fields})
+    rows = raw_rows(settings["data"]["data"], settings["data"]["limit"])
+    return write_report(out_dir, load_scores(out_dir), summary, signal, rows)

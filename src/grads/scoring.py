@@ -12,7 +12,6 @@ the same folder; rank 0 merges once all ranks are done, so the table equals a on
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -26,34 +25,20 @@ import pyarrow.parquet as pq
 import torch
 
 from grads import atomic, distributed
-from grads.config import ScoreConfig
+from grads.config import ScoreConfig, ScoreJob
 from grads.data import IGNORE_INDEX, TokenizedExample
 from grads.errors import GradsError
 from grads.gradnorms import locate_parts, per_example_grad_norms
-from grads.token_cache import TokenCache
+from grads.token_cache import TokenizedPool
 
 CHUNK_DIR = "score-chunks"
 STATUS_OK, STATUS_NO_TARGET, STATUS_NONFINITE = "ok", "no_target", "nonfinite"
 
 
-def _lengths(examples: Sequence[TokenizedExample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n_tokens, n_target_tokens, row) per example: read as columns from a token cache, or from the objects."""
-    if isinstance(examples, TokenCache):
-        return examples.n_tokens, examples.n_target_tokens, examples.rows
-    return (np.array([ex.n_tokens for ex in examples], dtype=np.int64),
-            np.array([ex.n_target_tokens for ex in examples], dtype=np.int64),
-            np.array([ex.row for ex in examples], dtype=np.int64))
-
-
-def _take(examples: Sequence[TokenizedExample], indices: Sequence[int]) -> list[TokenizedExample]:
-    return examples.take(indices) if isinstance(examples, TokenCache) else [examples[i] for i in indices]
-
-
-def plan_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[list[int]]:
+def plan_batches(pool: TokenizedPool, batch_size: int) -> list[list[int]]:
     """Indices of scorable examples grouped by length (little padding); order fixed by (length, row)."""
-    n_tokens, n_target, rows = _lengths(examples)
-    scorable = np.flatnonzero(n_target > 0)
-    scorable = scorable[np.lexsort((rows[scorable], n_tokens[scorable]))].tolist()
+    scorable = np.flatnonzero(pool.n_target_tokens > 0)
+    scorable = scorable[np.lexsort((pool.rows[scorable], pool.n_tokens[scorable]))].tolist()
     return [scorable[lo:lo + batch_size] for lo in range(0, len(scorable), batch_size)]
 
 
@@ -129,19 +114,18 @@ class _Progress:
             self.bar.stop()
 
 
-def score_examples(model, examples: Sequence[TokenizedExample], out_dir: str | Path, cfg: ScoreConfig,
+def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: ScoreConfig,
                    fingerprint: str, pad_id: int, progress: bool = True) -> pa.Table | None:
     """Score every example, writing resumable chunks under out_dir, and return the merged table.
 
-    `examples` is a list or a memory-mapped TokenCache. Under a launcher, this rank scores its share of the
-    chunks; rank 0 returns the merged table once every rank is done, the other ranks return None.
+    Under a launcher, this rank scores its share of the chunks; rank 0 returns the merged table once every rank
+    is done, the other ranks return None.
     """
     locate_parts(model)  # fail early on a model the kernel cannot handle
     chunk_dir = Path(out_dir) / CHUNK_DIR
     plan_file = chunk_dir / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text()).get("fingerprint") != fingerprint:
-        raise GradsError("this folder holds unfinished scoring chunks of a different run", path=chunk_dir,
-                         hint="use another --out, or delete that folder to start over")
+    atomic.owned_by(plan_file, fingerprint, "this folder holds unfinished scoring chunks of a different run",
+                    path=chunk_dir, hint="use another --out, or delete that folder to start over")
     distributed.barrier()  # every rank has checked the old plan before rank 0 writes the new one
     if distributed.is_main():
         atomic.write_json(plan_file, {"fingerprint": fingerprint, "world_size": distributed.world_size()})
@@ -157,7 +141,7 @@ def score_examples(model, examples: Sequence[TokenizedExample], out_dir: str | P
         for k in todo:
             rows = []
             for batch in chunks[k]:
-                rows += _score_batch(model, _take(examples, batch), pad_id, cfg)
+                rows += _score_batch(model, examples.take(batch), pad_id, cfg)
                 bar.advance(len(batch))
             atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
     finally:
@@ -171,8 +155,8 @@ def score_examples(model, examples: Sequence[TokenizedExample], out_dir: str | P
     if missing:
         raise GradsError(f"{len(missing)} scoring chunk(s) missing after every rank finished (first: {missing[0]})",
                          path=chunk_dir, hint="ranks must share this folder; rerun the same command to fill them")
-    _, n_target, _ = _lengths(examples)
-    no_target = [_row(ex, STATUS_NO_TARGET, None) for ex in _take(examples, np.flatnonzero(n_target == 0).tolist())]
+    without_target = np.flatnonzero(examples.n_target_tokens == 0)
+    no_target = [_row(ex, STATUS_NO_TARGET, None) for ex in examples.take(without_target)]
     tables = [pa.Table.from_pylist(no_target, schema=SCHEMA)]
     tables += [pq.read_table(chunk_dir / f"chunk-{k:05d}.parquet", schema=SCHEMA) for k in range(len(chunks))]
     return pa.concat_tables(tables).sort_by("row").combine_chunks()
@@ -192,41 +176,48 @@ def finish(out_dir: str | Path, table: pa.Table, meta: dict) -> Path:
     return out_dir / "scores.parquet"
 
 
-def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Path:
-    """`grads score`: validate the data (before any model loads), tokenise into the token cache, score, write
-    scores.parquet. A finished folder with the same settings is reused as it is; one holding another run is
-    refused. Runs unchanged under torchrun / accelerate launch (see grads.distributed)."""
+def finished(out_dir: str | Path, fingerprint: str) -> bool:
+    """OUT holds finished scores with this fingerprint (reuse them); scores of another run are refused."""
+    out_dir = Path(out_dir)
+    return atomic.owned_by(out_dir / "score.json", fingerprint, "output folder already holds scores of a different "
+                           "run", path=out_dir) and (out_dir / "scores.parquet").exists()
+
+
+def run_score(job: ScoreJob, fingerprint: str | None = None, model=None, tokenizer=None,
+              pool: TokenizedPool | None = None, progress: bool = True, info=None) -> Path:
+    """The scoring stage (`grads score`): validate the data (before any model loads), tokenise it into the token
+    cache, score, write OUT/scores.parquet and OUT/score.json. A finished folder with the same settings is reused
+    as it is; one holding another run is refused. Runs unchanged under torchrun / accelerate launch.
+
+    fingerprint: what decides the scores, when a caller knows more than the job (`grads select` scores a warm-up
+    model: its fingerprint names the warm-up's settings). model, tokenizer, pool, info (the pool's PoolInfo):
+    already loaded (validated) by the caller.
+    """
     from grads import __version__, models
     from grads.data import scan_pool
     from grads.token_cache import tokenized
 
     distributed.init()
-    info = scan_pool(job.data.data, job.data.format, job.data.limit)
+    info = info or scan_pool(job.data.data, job.data.format, job.data.limit)
     out_dir = Path(job.out)
-    fingerprint = job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=info.sha256)
-    meta_file = out_dir / "score.json"
-    if meta_file.exists():
-        if json.loads(meta_file.read_text()).get("fingerprint") == fingerprint and \
-                (out_dir / "scores.parquet").exists():
-            return out_dir / "scores.parquet"
-        raise GradsError("output folder already holds scores of a different run", path=out_dir,
-                         hint="use another --out, or delete the folder")
-    tokenizer = tokenizer or models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
-    examples = tokenized(info, tokenizer, job.data.limit, job.data.max_length)
+    fingerprint = fingerprint or job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=info.sha256)
+    if finished(out_dir, fingerprint):
+        return out_dir / "scores.parquet"
+    if tokenizer is None:
+        tokenizer = models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
+    pool = pool if pool is not None else tokenized(info, tokenizer, job.data.limit, job.data.max_length)
     if model is None:
         model = models.load_model(job.model.model, dtype=job.model.dtype, device=job.model.device,
                                   trust_remote_code=job.model.trust_remote_code)
     started = time.perf_counter()
-    table = score_examples(model, examples, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
+    table = score_examples(model, pool, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
     if table is None:  # not rank 0: wait until rank 0 has written the merged table
         distributed.barrier()
         return out_dir / "scores.parquet"
-    stats = examples.stats
     meta = {
         "fingerprint": fingerprint, "grads_version": __version__, "job": job.settings(),
-        "input": info.record(),
-        "truncation": stats.truncation(),
-        "token_cache": str(examples.folder), "world_size": distributed.world_size(),
+        "input": info.record(), "truncation": pool.stats.truncation(),
+        "token_cache": str(pool.folder), "world_size": distributed.world_size(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = finish(out_dir, table, meta)
@@ -235,10 +226,10 @@ def run_score_job(job, model=None, tokenizer=None, progress: bool = True) -> Pat
 
 
 @torch.no_grad()
-def answer_only_losses(model, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> list[float]:
+def answer_only_losses(model, examples: TokenizedPool, batch_size: int, pad_id: int) -> list[float]:
     """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only.
     Batched by answer length; only one batch of examples is in memory at a time."""
-    _, n_target, _ = _lengths(examples)
+    n_target = examples.n_target_tokens
     order = np.flatnonzero(n_target > 0)
     order = order[np.argsort(n_target[order], kind="stable")].tolist()
     device = next(model.parameters()).device
@@ -248,7 +239,7 @@ def answer_only_losses(model, examples: Sequence[TokenizedExample], batch_size: 
     try:
         for lo in range(0, len(order), batch_size):
             batch_idx, alone = [], []
-            for i, ex in zip(order[lo:lo + batch_size], _take(examples, order[lo:lo + batch_size])):
+            for i, ex in zip(order[lo:lo + batch_size], examples.take(order[lo:lo + batch_size])):
                 answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
                 if len(answer) > 1:  # the first answer token has nothing before it to be predicted from
                     batch_idx.append(i)
@@ -266,3 +257,21 @@ def answer_only_losses(model, examples: Sequence[TokenizedExample], batch_size: 
     finally:
         model.train(was_training)
     return out
+
+
+# Columns a selection rule may need beyond the score table's own (grads.selection.Rule.columns), each computed from
+# the scoring model, the tokenised pool, the batch size and the pad id, and kept as OUT/<column>.parquet.
+EXTRA_COLUMNS = {"answer_only_loss": answer_only_losses}
+_PURPOSE = {"answer_only_loss": "ifd: answer-only losses (forward only)"}
+
+
+def add_columns(out_dir: str | Path, names: set[str], load_model, pool: TokenizedPool, batch_size: int,
+                pad_id: int, log=print) -> None:
+    """Compute each extra column not already beside the scores (load_model() gives the scoring model)."""
+    out_dir = Path(out_dir)
+    atomic.remove_stale_temps(out_dir)
+    for name in sorted(names):
+        if not (out_dir / f"{name}.parquet").exists():
+            log(_PURPOSE.get(name, f"computing {name}"))
+            values = EXTRA_COLUMNS[name](load_model(), pool, batch_size, pad_id)
+            atomic.write_parquet(out_dir / f"{name}.parquet", pa.table({name: values}))

@@ -1,9 +1,13 @@
-"""Selection rules: pure functions of the score table (`table, ratio, seed -> row indices`), no I/O, no model.
+"""Selection rules and combined signals: pure functions of the score table, and the one registry of each.
 
 The table is a pandas DataFrame with the columns of `grads score` (id, row, n_target_tokens, loss,
-emb_grad_norm, head_grad_norm, tied_grad_norm, status) and, for `ifd`, `answer_only_loss`. Only rows whose
-status is "ok" are eligible (except for `full`, the whole pool). A ratio ρ keeps ⌈ρ·N⌉ of the N eligible rows.
-Ties are broken by a stable hash of the example id, so results never depend on input order or chance.
+emb_grad_norm, head_grad_norm, tied_grad_norm, status) and any extra column a rule declares (`ifd` needs
+`answer_only_loss`). Only rows whose status is "ok" are eligible (except for `full`, the whole pool). A ratio ρ
+keeps ⌈ρ·N⌉ of the N eligible rows. Ties are broken by a stable hash of the example id, so results never depend
+on input order or chance.
+
+RULES and SIGNALS are the only lists of method and signal names: the select stage, the report, the CLI's help,
+the experiment runner and config validation all read them. Adding a rule is one function and one entry.
 """
 
 from __future__ import annotations
@@ -12,24 +16,14 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from grads.config import DEFAULT_SIGNAL
+from grads.config import DEFAULT_SIGNAL, SignalConfig
+from grads.errors import GradsError
 from grads.kde import gaussian_kde
-
-SIGNALS = ("zsum", "robust-zsum", "emb", "head", "zsum-length-residual")
-
-
-@dataclass(frozen=True)
-class SignalConfig:
-    """How the two norms become one signal s and its density (the DECIDED choices of docs/method.md)."""
-
-    signal: str = DEFAULT_SIGNAL
-    bandwidth: str | float = "scott"
-    bandwidth_scale: float = 1.0
-    kde_method: str = "auto"
 
 
 def eligible(table: pd.DataFrame) -> np.ndarray:
@@ -53,39 +47,59 @@ def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y - (slope * x + intercept)
 
 
+DEFAULTS = SignalConfig()
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+@dataclass(frozen=True)
+class Signal:
+    """s from the log-norms (log a = embedding, log b = head) and the log answer length, eligible rows only."""
+
+    compute: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    description: str
+
+
+SIGNALS: dict[str, Signal] = {
+    "zsum": Signal(lambda a, b, n: _z(a) + _z(b), "z(log ‖∂L/∂E‖) + z(log ‖∂L/∂W‖): the paper's joint signal"),
+    "robust-zsum": Signal(lambda a, b, n: _z(a, robust=True) + _z(b, robust=True),
+                          "the same with median/MAD instead of mean/std"),
+    "emb": Signal(lambda a, b, n: _z(a), "the embedding norm alone"),
+    "head": Signal(lambda a, b, n: _z(b), "the LM-head norm alone"),
+    "zsum-length-residual": Signal(lambda a, b, n: _z(_residual(a, n)) + _z(_residual(b, n)),
+                                   "zsum with the answer-length trend taken out of each log-norm first"),
+}
+
+
+def check_signal(name: str) -> None:
+    if name not in SIGNALS:
+        raise GradsError(f"unknown signal {name!r}", hint=f"use: {', '.join(SIGNALS)}")
+
+
 def combined_signal(table: pd.DataFrame, signal: str = DEFAULT_SIGNAL) -> np.ndarray:
     """s_i for every row (NaN where not eligible): s = z(log a) + z(log b) by default."""
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}: use one of {', '.join(SIGNALS)}")
     ok = eligible(table)
     out = np.full(len(table), np.nan)
     if not ok.any():
         return out
     log_a = np.log(table["emb_grad_norm"].to_numpy()[ok])
     log_b = np.log(table["head_grad_norm"].to_numpy()[ok])
-    if signal == "zsum":
-        s = _z(log_a) + _z(log_b)
-    elif signal == "robust-zsum":
-        s = _z(log_a, robust=True) + _z(log_b, robust=True)
-    elif signal == "emb":
-        s = _z(log_a)
-    elif signal == "head":
-        s = _z(log_b)
-    elif signal == "zsum-length-residual":  # the answer-length trend taken out of each log-norm first
-        log_n = np.log(table["n_target_tokens"].to_numpy()[ok].astype(float))
-        s = _z(_residual(log_a, log_n)) + _z(_residual(log_b, log_n))
-    else:
-        raise ValueError(f"unknown signal {signal!r}: use one of {', '.join(SIGNALS)}")
-    out[ok] = s
+    log_n = np.log(table["n_target_tokens"].to_numpy()[ok].astype(float)) if "n_target_tokens" in table \
+        else np.full(int(ok.sum()), np.nan)
+    out[ok] = SIGNALS[signal].compute(log_a, log_b, log_n)
     return out
 
 
-def density(table: pd.DataFrame, cfg: SignalConfig = SignalConfig()) -> tuple[np.ndarray, np.ndarray, float]:
+def density(table: pd.DataFrame, cfg: SignalConfig = DEFAULTS) -> tuple[np.ndarray, np.ndarray, float]:
     """(signal, KDE density of the signal at each row, bandwidth); NaN where not eligible."""
     s = combined_signal(table, cfg.signal)
     ok = ~np.isnan(s)
     dens = np.full(len(table), np.nan)
     h = float("nan")
     if ok.any():
-        dens[ok], h = gaussian_kde(s[ok], cfg.bandwidth, cfg.bandwidth_scale, cfg.kde_method)
+        dens[ok], h = gaussian_kde(s[ok], cfg.bandwidth_rule, cfg.bandwidth_scale, cfg.kde)
     return s, dens, h
 
 
@@ -109,8 +123,7 @@ def top_k(values: np.ndarray, k: int, table: pd.DataFrame, mask: np.ndarray | No
 
 
 # ----------------------------------------------------------------------------------------------- rules
-
-Rule = Callable[[pd.DataFrame, "float | None", int], np.ndarray]
+# Every rule has the signature (table, ratio, seed, cfg) -> sorted row indices.
 
 
 def _k(table: pd.DataFrame, ratio: float | None) -> int:
@@ -119,41 +132,33 @@ def _k(table: pd.DataFrame, ratio: float | None) -> int:
     return n_keep(int(eligible(table).sum()), ratio)
 
 
-def select_grads(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+def select_grads(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
     """GrADS default: the ⌈ρN⌉ examples of highest density of the combined signal (most representative)."""
     _, dens, _ = density(table, cfg)
     return top_k(dens, _k(table, ratio), table)
 
 
-def select_grads_high(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+def select_grads_high(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
     """Ablation: largest combined signal."""
     return top_k(combined_signal(table, cfg.signal), _k(table, ratio), table)
 
 
-def select_grads_low(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+def select_grads_low(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
     """Ablation: smallest combined signal."""
     return top_k(-combined_signal(table, cfg.signal), _k(table, ratio), table)
 
 
-def select_grads_tails(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+def select_grads_tails(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
     """Variant (the other density direction): the ⌈ρN⌉ examples of *lowest* density, the rare ends of s."""
     _, dens, _ = density(table, cfg)
     return top_k(-dens, _k(table, ratio), table)
 
 
-def select_emb_only(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
-    """Ablation: density of the embedding norm alone."""
-    return select_grads(table, ratio, seed, SignalConfig("emb", cfg.bandwidth, cfg.bandwidth_scale, cfg.kde_method))
-
-
-def select_head_only(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
-    """Ablation: density of the LM-head norm alone."""
-    return select_grads(table, ratio, seed, SignalConfig("head", cfg.bandwidth, cfg.bandwidth_scale,
-                                                         cfg.kde_method))
-
-
 def knee_index(sorted_desc: np.ndarray) -> int:
     """Kneedle: the point of the descending curve farthest from the chord joining its first and last points."""
+    # Written here rather than taken from `kneed`: kneed 0.9 keeps the first thresholded local maximum of the same
+    # difference curve, which on these step-like density curves lands at k = 1 (convex) or k ≈ n − 30 (concave);
+    # the global maximum is the knee (measured on the committed score tables, docs/method.md §4).
     n = len(sorted_desc)
     if n < 3 or sorted_desc[0] == sorted_desc[-1]:
         return n
@@ -162,7 +167,7 @@ def knee_index(sorted_desc: np.ndarray) -> int:
     return int(np.argmax(np.abs(y - (1 - x)))) + 1
 
 
-def auto_ratio(table: pd.DataFrame, cfg: SignalConfig = SignalConfig()) -> tuple[float, str]:
+def auto_ratio(table: pd.DataFrame, cfg: SignalConfig = DEFAULTS) -> tuple[float, str]:
     """The self-adaptive budget: keep the examples above the knee of the sorted density curve."""
     _, dens, _ = density(table, cfg)
     ok = dens[~np.isnan(dens)]
@@ -175,30 +180,30 @@ def auto_ratio(table: pd.DataFrame, cfg: SignalConfig = SignalConfig()) -> tuple
                          f"keeps {k} of {len(ok)} eligible examples")
 
 
-def select_grads_auto(table, ratio, seed, cfg: SignalConfig = SignalConfig()):
+def select_grads_auto(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
     """GrADS with a self-chosen budget (the ratio argument is ignored; see auto_ratio)."""
     chosen, _ = auto_ratio(table, cfg)
     return select_grads(table, chosen, seed, cfg)
 
 
-def select_random(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_random(table, ratio, seed, cfg=None):
     """Baseline: a seeded random subset (a smaller ratio is a prefix of a larger one for the same seed)."""
     candidates = np.flatnonzero(eligible(table))
     order = np.random.default_rng(seed).permutation(len(candidates))
     return np.sort(candidates[order[:_k(table, ratio)]])
 
 
-def select_full(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_full(table, ratio, seed, cfg=None):
     """Baseline: the whole pool, every row."""
     return np.arange(len(table))
 
 
-def select_length(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_length(table, ratio, seed, cfg=None):
     """Baseline: the longest answers (most target tokens)."""
     return top_k(table["n_target_tokens"].to_numpy().astype(float), _k(table, ratio), table)
 
 
-def select_loss(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_loss(table, ratio, seed, cfg=None):
     """Baseline: the highest answer loss at the scoring model (θ0, or θ1 after a warm-up)."""
     return top_k(table["loss"].to_numpy(), _k(table, ratio), table)
 
@@ -208,10 +213,8 @@ def ifd_scores(table: pd.DataFrame) -> np.ndarray:
     return table["loss"].to_numpy() / table["answer_only_loss"].to_numpy()
 
 
-def select_ifd(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_ifd(table, ratio, seed, cfg=None):
     """Baseline (Cherry LLM): highest IFD among examples with IFD < 1 (the prompt helps); may keep fewer."""
-    if "answer_only_loss" not in table:
-        raise ValueError("ifd needs the answer_only_loss column (grads select computes it when ifd is asked)")
     ifd = ifd_scores(table)
     return top_k(ifd, _k(table, ratio), table, eligible(table) & (ifd < 1))
 
@@ -223,34 +226,76 @@ def total_grad_norm(table: pd.DataFrame) -> np.ndarray:
     return np.where(np.isnan(tied), np.sqrt(a * a + b * b), tied)
 
 
-def select_gradnorm(table, ratio, seed, cfg: SignalConfig | None = None):
+def select_gradnorm(table, ratio, seed, cfg=None):
     """Baseline: the largest total per-example gradient norm (embedding + head)."""
     return top_k(total_grad_norm(table), _k(table, ratio), table)
 
 
-RULES: dict[str, Callable[..., np.ndarray]] = {
-    "grads": select_grads,
-    "grads-auto": select_grads_auto,
-    "grads-high": select_grads_high,
-    "grads-low": select_grads_low,
-    "grads-tails": select_grads_tails,
-    "emb-only": select_emb_only,
-    "head-only": select_head_only,
-    "random": select_random,
-    "full": select_full,
-    "length": select_length,
-    "loss": select_loss,
-    "ifd": select_ifd,
-    "gradnorm": select_gradnorm,
+# ---------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One selection method: its function and what it reads."""
+
+    select: Callable[..., np.ndarray]
+    description: str
+    reads: Literal["density", "signal", None] = None  # which view of the combined signal it ranks by
+    keeps: Literal["high", "low", None] = None  # which end of `reads` it keeps (the report shades that region)
+    takes_ratio: bool = True  # False: the rule chooses its own budget (one output per run, no ratio)
+    signal: str | None = None  # a fixed signal instead of the configured one
+    columns: tuple[str, ...] = ()  # score columns it needs beyond grads score's (computed by the select stage)
+
+
+RULES: dict[str, Rule] = {
+    "grads": Rule(select_grads, "highest density of the combined signal: the most representative (GrADS)",
+                  "density", "high"),
+    "grads-auto": Rule(select_grads_auto, "grads with the budget at the knee of the sorted density curve",
+                       "density", "high", takes_ratio=False),
+    "grads-high": Rule(select_grads_high, "largest combined signal (ablation)", "signal", "high"),
+    "grads-low": Rule(select_grads_low, "smallest combined signal (ablation)", "signal", "low"),
+    "grads-tails": Rule(select_grads_tails, "lowest density: the rare ends of the signal (variant)", "density",
+                        "low"),
+    "emb-only": Rule(select_grads, "density of the embedding norm alone (ablation)", "density", "high",
+                     signal="emb"),
+    "head-only": Rule(select_grads, "density of the LM-head norm alone (ablation)", "density", "high",
+                      signal="head"),
+    "random": Rule(select_random, "a seeded random subset (baseline)"),
+    "full": Rule(select_full, "the whole pool, every row (baseline)", takes_ratio=False),
+    "length": Rule(select_length, "the longest answers (baseline)"),
+    "loss": Rule(select_loss, "the highest answer loss at the scoring model (baseline)"),
+    "ifd": Rule(select_ifd, "highest instruction-following difficulty below 1 (Cherry LLM baseline)",
+                columns=("answer_only_loss",)),
+    "gradnorm": Rule(select_gradnorm, "the largest total gradient norm, embedding + head (baseline)"),
 }
-RATIO_FREE = {"full", "grads-auto"}  # methods whose output does not depend on --ratio
-SIGNAL_AWARE = {"grads", "grads-auto", "grads-high", "grads-low", "grads-tails", "emb-only", "head-only"}
+
+
+def check_methods(names) -> None:
+    unknown = [m for m in names if m not in RULES]
+    if unknown:
+        raise GradsError(f"unknown method(s) {', '.join(unknown)}", hint=f"use: {', '.join(RULES)}")
+
+
+def check_ratios(ratios) -> None:
+    bad = [r for r in ratios if not 0 < r <= 1]
+    if bad:
+        raise GradsError(f"--ratio must be in (0, 1], got {bad[0]}", hint="e.g. --ratio 0.05 --ratio 0.5")
+
+
+def output_name(method: str, ratio: float | None) -> str:
+    """The file a selection is written to: '<method>-<ratio>.jsonl', or '<method>.jsonl' without a ratio."""
+    return f"{method}.jsonl" if not RULES[method].takes_ratio else f"{method}-{ratio:g}.jsonl"
 
 
 def select(table: pd.DataFrame, method: str, ratio: float | None, seed: int = 0,
-           cfg: SignalConfig = SignalConfig()) -> np.ndarray:
+           cfg: SignalConfig = DEFAULTS) -> np.ndarray:
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(RULES)}")
-    if method in SIGNAL_AWARE:
-        return RULES[method](table, ratio, seed, cfg)
-    return RULES[method](table, ratio, seed)
+    rule = RULES[method]
+    missing = [c for c in rule.columns if c not in table]
+    if missing:
+        raise ValueError(f"{method} needs the column(s) {', '.join(missing)} (grads select computes them when "
+                         f"{method} is asked)")
+    if rule.signal:
+        cfg = cfg.model_copy(update={"signal": rule.signal})
+    return rule.select(table, ratio, seed, cfg)

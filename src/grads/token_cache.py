@@ -1,4 +1,6 @@
-"""Tokenise a pool once into a memory-mapped Arrow file (read back with HF `datasets`), then stream from it.
+"""The tokenised pool: one interface (`TokenizedPool`) for scoring, training, IFD and the selected-row writer.
+
+A pool is tokenised once into a memory-mapped Arrow file (read back with HF `datasets`), then streamed from it:
 
     GRADS_HOME/tokens/<key>/tokens.arrow   id, row, input_ids, labels, n_tokens, n_target_tokens, truncation counts
     GRADS_HOME/tokens/<key>/meta.json      key parts and truncation totals
@@ -7,6 +9,7 @@ The key hashes the input file's bytes, the tokenizer (vocabulary, chat template,
 the record limit and --max-length, so a changed input or tokenizer never reuses stale tokens. Records are read,
 tokenised and written a block at a time and the file is memory-mapped afterwards: no step holds every
 example's text or tokens in Python objects, so a pool far larger than memory scores in flat memory.
+`TokenizedPool.from_examples` holds the same columns in memory (small pools, tests, examples made in code).
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -47,19 +48,34 @@ def cache_key(info: PoolInfo, tokenizer, limit: int | None, max_length: int | No
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-class TokenCache(Sequence[TokenizedExample]):
-    """A tokenised pool on disk, memory-mapped; indexing builds TokenizedExamples only for what is asked."""
+class TokenizedPool(Sequence[TokenizedExample]):
+    """Tokenised examples as Arrow columns (memory-mapped from a token cache, or in memory); indexing builds
+    TokenizedExamples only for what is asked, and the length columns are numpy arrays."""
 
-    def __init__(self, folder: str | Path) -> None:
+    COUNTS = ("n_tokens", "n_target_tokens", "row", "truncated_prompt_tokens", "truncated_answer_tokens")
+
+    def __init__(self, dataset, folder: Path | None = None, counts: dict[str, np.ndarray] | None = None) -> None:
+        """`dataset`: a datasets.Dataset with SCHEMA's columns; `counts`: its count columns as arrays (given by
+        `subset`, read from the Arrow table otherwise)."""
+        self.dataset, self.folder = dataset, folder
+        self.counts = counts or {name: dataset.data.column(name).to_numpy() for name in self.COUNTS}
+        self.n_tokens, self.n_target_tokens = self.counts["n_tokens"], self.counts["n_target_tokens"]
+        self.rows = self.counts["row"]
+
+    @classmethod
+    def open(cls, folder: str | Path) -> TokenizedPool:
+        """A token cache folder, memory-mapped."""
         import datasets
 
-        self.folder = Path(folder)
-        self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.dataset = datasets.Dataset.from_file(str(self.folder / "tokens.arrow"))
-        table = self.dataset.data
-        self.n_tokens = table.column("n_tokens").to_numpy()
-        self.n_target_tokens = table.column("n_target_tokens").to_numpy()
-        self.rows = table.column("row").to_numpy()
+        return cls(datasets.Dataset.from_file(str(Path(folder) / "tokens.arrow")), Path(folder))
+
+    @classmethod
+    def from_examples(cls, examples: Iterable[TokenizedExample]) -> TokenizedPool:
+        """The same columns in memory."""
+        import datasets
+
+        table = pa.Table.from_batches([_block(list(examples))], schema=SCHEMA)
+        return cls(datasets.Dataset(table))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,6 +84,10 @@ class TokenCache(Sequence[TokenizedExample]):
         if isinstance(index, slice):
             return self.take(range(*index.indices(len(self))))
         return self.take([int(index)])[0]
+
+    def __iter__(self):
+        for lo in range(0, len(self), BLOCK):
+            yield from self.take(range(lo, min(lo + BLOCK, len(self))))
 
     def take(self, indices: Iterable[int]) -> list[TokenizedExample]:
         indices = [int(i) for i in indices]
@@ -78,19 +98,16 @@ class TokenCache(Sequence[TokenizedExample]):
                                  cols["truncated_prompt_tokens"][j], cols["truncated_answer_tokens"][j])
                 for j in range(len(indices))]
 
-    def subset(self, indices: Sequence[int]) -> TokenCache:
+    def subset(self, indices: Sequence[int]) -> TokenizedPool:
         """A view of some examples (in the order given); nothing is copied."""
-        view = object.__new__(TokenCache)
         idx = np.asarray(indices, dtype=np.int64)
-        view.folder, view.meta, view.dataset = self.folder, self.meta, self.dataset.select(idx)
-        view.n_tokens, view.n_target_tokens, view.rows = self.n_tokens[idx], self.n_target_tokens[idx], self.rows[idx]
-        return view
+        return TokenizedPool(self.dataset.select(idx), self.folder, {k: v[idx] for k, v in self.counts.items()})
 
     @property
     def stats(self) -> TokenizeStats:
-        t = self.meta["truncation"]
-        return TokenizeStats(n_examples=len(self), n_truncated=t["n_truncated"],
-                             prompt_tokens_cut=t["prompt_tokens_cut"], answer_tokens_cut=t["answer_tokens_cut"],
+        cut_prompt, cut_answer = self.counts["truncated_prompt_tokens"], self.counts["truncated_answer_tokens"]
+        return TokenizeStats(n_examples=len(self), n_truncated=int(((cut_prompt + cut_answer) > 0).sum()),
+                             prompt_tokens_cut=int(cut_prompt.sum()), answer_tokens_cut=int(cut_answer.sum()),
                              n_no_target=int((self.n_target_tokens == 0).sum()))
 
 
@@ -107,11 +124,9 @@ def _block(examples: list[TokenizedExample]) -> pa.RecordBatch:
 
 
 def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_length: int | None, key: str) -> None:
-    root = folder.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     stats = TokenizeStats()
-    try:
+    # another process may finish the same cache first: theirs is kept
+    with atomic.atomic_folder(folder, keep_existing=True) as tmp:
         with pa.OSFile(str(tmp / "tokens.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
             block: list[TokenizedExample] = []
             for example in iter_examples(info.path, info.format, limit):
@@ -127,19 +142,10 @@ def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_lengt
                                               "format": info.format, "limit": limit, "max_length": max_length,
                                               "tokenizer": tokenizer_fingerprint(tokenizer),
                                               "truncation": stats.truncation()})
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if not (folder / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def tokenized(info: PoolInfo, tokenizer, limit: int | None, max_length: int | None,
-              root: str | Path | None = None) -> TokenCache:
+              root: str | Path | None = None) -> TokenizedPool:
     """The pool's token cache, built once (by one process per node under a launcher, the others wait)."""
     from grads.models import grads_home
 
@@ -149,4 +155,9 @@ def tokenized(info: PoolInfo, tokenizer, limit: int | None, max_length: int | No
     if builder and not (folder / "meta.json").exists():
         _write(folder, info, tokenizer, limit, max_length, key)
     distributed.barrier()
-    return TokenCache(folder)
+    return TokenizedPool.open(folder)
+
+
+def tokenize_in_memory(tokenizer, examples: Iterable, max_length: int | None = None) -> TokenizedPool:
+    """Tokenise normalised examples (grads.data.Example) without a cache: small pools and tests."""
+    return TokenizedPool.from_examples(tokenize_example(tokenizer, ex, max_length) for ex in examples)

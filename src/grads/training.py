@@ -10,27 +10,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from grads import atomic, distributed
-from grads.config import ModelConfig, TrainConfig
-from grads.data import TokenizedExample
+from grads.config import ModelConfig, TrainConfig, TrainJob
 from grads.errors import GradsError
-from grads.token_cache import TokenCache
+from grads.token_cache import TokenizedPool
 
 DONE = "done.json"
 OWNER = "fingerprint.json"  # in OUT/checkpoints: which run the checkpoints belong to
-
-
-def finished_model(out_dir: str | Path) -> Path | None:
-    final = Path(out_dir) / "model"
-    return final if (final / DONE).exists() else None
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -61,61 +53,17 @@ def _sort_target_modules(config_file: Path) -> None:
         atomic.write_text(config_file, json.dumps(config, indent=2, sort_keys=True))
 
 
-def _train_dataset(examples: Sequence[TokenizedExample] | TokenCache):
-    """input_ids + labels of the examples that have an answer token: a view of a memory-mapped token cache,
-    or a small in-memory dataset built from a list."""
-    import datasets
-
-    if isinstance(examples, TokenCache):
-        keep = np.flatnonzero(examples.n_target_tokens > 0)
-        return examples.dataset.select(keep).select_columns(["input_ids", "labels"])
-    trainable = [ex for ex in examples if ex.n_target_tokens > 0]
-    return datasets.Dataset.from_dict({"input_ids": [ex.input_ids for ex in trainable],
-                                       "labels": [ex.labels for ex in trainable]})
+def _train_dataset(pool: TokenizedPool):
+    """input_ids + labels of the examples that have an answer token (a view; nothing is copied)."""
+    keep = np.flatnonzero(pool.n_target_tokens > 0)
+    return pool.dataset.select(keep).select_columns(["input_ids", "labels"])
 
 
-def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExample] | TokenCache,
-              out_dir: str | Path, cfg: TrainConfig, fingerprint: str, progress: bool = True) -> Path:
-    """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
-    from trl import SFTConfig, SFTTrainer
+def _sft_args(cfg: TrainConfig, out_dir: Path, device: torch.device, model, progress: bool):
+    from trl import SFTConfig
 
-    from grads.models import load_model, pick_device
-
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
-    final = out_dir / "model"
-    if (final / DONE).exists():
-        if json.loads((final / DONE).read_text()).get("fingerprint") != fingerprint:
-            raise GradsError("folder holds a finished training run with other settings", path=out_dir,
-                             hint="use another output folder, or delete this one")
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # left if a kill came right after the save
-        return final
-    checkpoints = out_dir / "checkpoints"
-    owner = checkpoints / OWNER
-    if owner.exists() and json.loads(owner.read_text()).get("fingerprint") != fingerprint:
-        raise GradsError("folder holds unfinished training checkpoints of a run with other settings",
-                         path=checkpoints, hint="rerun with that run's settings to resume it, use another output "
-                                                "folder, or delete this one to start over")
-    distributed.init()
-    if distributed.is_main():
-        for stale in out_dir.glob(".model.*"):  # a final save a kill cut short
-            shutil.rmtree(stale, ignore_errors=True)
-        last_complete_checkpoint(checkpoints)  # drops a checkpoint a kill cut short
-    distributed.barrier()
-    dataset = _train_dataset(examples)
-    if not len(dataset):
-        raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
-    device = pick_device(model_cfg.device)
-    model = load_model(model_cfg.model, dtype=model_cfg.dtype, device=model_cfg.device,
-                       trust_remote_code=model_cfg.trust_remote_code)
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target, task_type="CAUSAL_LM")
     on_gpu = device.type == "cuda"
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio,
@@ -125,40 +73,94 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: Sequence[TokenizedExa
         bf16=on_gpu and torch.cuda.is_bf16_supported() and model.dtype == torch.bfloat16, fp16=False,
         max_length=None, packing=False, disable_tqdm=not progress, dataloader_num_workers=0,
     )
+
+
+def _claim(out_dir: Path, fingerprint: str) -> bool:
+    """True when out_dir already holds this finished run; refuses a folder holding another run's model or
+    checkpoints; clears what a kill cut short (a half-saved final model, a half-written checkpoint)."""
+    checkpoints = out_dir / "checkpoints"
+    if atomic.owned_by(out_dir / "model" / DONE, fingerprint, "folder holds a finished training run with other "
+                       "settings", path=out_dir, hint="use another output folder, or delete this one"):
+        shutil.rmtree(checkpoints, ignore_errors=True)  # left if a kill came right after the save
+        return True
+    atomic.owned_by(checkpoints / OWNER, fingerprint, "folder holds unfinished training checkpoints of a run with "
+                    "other settings", path=checkpoints, hint="rerun with that run's settings to resume it, use "
+                    "another output folder, or delete this one to start over")
+    distributed.init()
+    if distributed.is_main():
+        for stale in out_dir.glob(".model.*"):  # a final save a kill cut short
+            shutil.rmtree(stale, ignore_errors=True)
+        last_complete_checkpoint(checkpoints)  # drops a checkpoint a kill cut short
+    distributed.barrier()
+    return False
+
+
+def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_dir: str | Path, cfg: TrainConfig,
+              fingerprint: str, progress: bool = True) -> Path:
+    """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
+    from trl import SFTTrainer
+
+    from grads.models import load_model, pick_device
+
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    final = out_dir / "model"
+    if _claim(out_dir, fingerprint):
+        return final
+    dataset = _train_dataset(examples)
+    if not len(dataset):
+        raise GradsError("no example has an answer token left to train on", hint="raise --max-length")
+    model = load_model(model_cfg.model, dtype=model_cfg.dtype, device=model_cfg.device,
+                       trust_remote_code=model_cfg.trust_remote_code)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target, task_type="CAUSAL_LM")
+    args = _sft_args(cfg, out_dir, pick_device(model_cfg.device), model, progress)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    last = last_complete_checkpoint(checkpoints)
+    last = last_complete_checkpoint(out_dir / "checkpoints")
     if distributed.is_main():
-        atomic.write_json(owner, {"fingerprint": fingerprint})
+        atomic.write_json(out_dir / "checkpoints" / OWNER, {"fingerprint": fingerprint})
     result = trainer.train(resume_from_checkpoint=last)
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if sharded:  # FSDP / DeepSpeed: every rank takes part in gathering the weights, rank 0 writes them
-        gathered = out_dir / ".model.gathered"
-        trainer.save_model(str(gathered))
+        trainer.save_model(str(out_dir / ".model.gathered"))
     if not distributed.is_main():  # data-parallel replicas: rank 0 writes the one model
         distributed.barrier()
         return final
-
-    tmp = gathered if sharded else Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
-    try:
+    record = {"fingerprint": fingerprint, "train_loss": result.training_loss,
+              "loss_history": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+              "steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 1),  # this sitting
+              "examples": len(dataset), "resumed_from": last, "config": cfg.settings(),
+              "base_model": model_cfg.model}
+    with atomic.atomic_folder(final) as tmp:
         if sharded:
+            tmp.rmdir()
+            os.replace(out_dir / ".model.gathered", tmp)
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle the Trainer adds; never needed
         else:
             trainer.model.save_pretrained(tmp)
         _sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        atomic.write_json(tmp / DONE, {"fingerprint": fingerprint, "train_loss": result.training_loss,
-                                       "loss_history": losses, "steps": trainer.state.global_step,
-                                       "seconds": round(time.perf_counter() - started, 1),  # last sitting only
-                                       "examples": len(dataset), "resumed_from": last,
-                                       "config": cfg.settings(), "base_model": model_cfg.model})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.write_json(tmp / DONE, record)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
     return final
+
+
+def run_train(job: TrainJob, pool: TokenizedPool | None = None, tokenizer=None, progress: bool = True) -> Path:
+    """The fine-tuning stage (`grads train`): tokenise job.data (or take `pool`, the same examples already
+    tokenised by the caller), fine-tune, write OUT/model. Returns the model folder."""
+    from grads.data import scan_pool
+    from grads.models import load_tokenizer
+    from grads.token_cache import tokenized
+
+    info = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model loads
+    if tokenizer is None:
+        tokenizer = load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
+    if pool is None:
+        pool = tokenized(info, tokenizer, job.data.limit, job.data.max_length)
+    return train_sft(job.model, tokenizer, pool, job.out, job.train, job.fingerprint_for(info.sha256), progress)

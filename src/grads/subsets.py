@@ -1,0 +1,102 @@
+"""The selection stage of `grads select`: from the score table to the chosen subsets.
+
+Reads OUT/score/scores.parquet (and the extra columns a rule needs, OUT/score/<column>.parquet), computes the
+combined signal and its density, applies every asked rule at every ratio, and writes
+
+    OUT/scores.parquet              the score columns plus `combined` and `density`
+    OUT/selected/<file>.jsonl       the chosen input rows verbatim, in input order (file names: output_name)
+    OUT/selection.json              settings, seeds, versions, input hash, counts per status, chosen ids per file
+
+The same scores and settings give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grads import __version__, atomic
+from grads.config import SelectJob
+from grads.data import raw_rows
+from grads.selection import RULES, auto_ratio, density, output_name, select
+
+
+def versions() -> dict[str, str]:
+    out = {"grads-llm": __version__}
+    for name in ["torch", "transformers", "peft", "trl", "numpy", "scipy"]:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def read_scores(score_dir: str | Path, columns: set[str] = frozenset()) -> pd.DataFrame:
+    """The score table, with the extra columns asked (each from its own file beside it)."""
+    score_dir = Path(score_dir)
+    frame = pq.read_table(score_dir / "scores.parquet").to_pandas()
+    for name in sorted(columns):
+        frame[name] = pq.read_table(score_dir / f"{name}.parquet").column(name).to_numpy()
+    return frame
+
+
+def needed_columns(methods) -> set[str]:
+    return {column for method in methods for column in RULES[method].columns}
+
+
+def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict]]:
+    """{file name: (row indices, its selection.json entry)} for every method and ratio asked."""
+    sel, signal = job.select, job.select.signal_only()
+    chosen = {}
+    for method in sel.methods:
+        for ratio in (sel.ratios if RULES[method].takes_ratio else [None]):
+            picked = select(frame, method, ratio, sel.seed, signal)
+            entry = {"method": method, "ratio": ratio, "n_selected": int(len(picked)),
+                     "ids": frame["id"].iloc[picked].tolist()}
+            if method == "grads-auto":
+                entry["ratio"], entry["rule"] = auto_ratio(frame, signal)
+            chosen[output_name(method, ratio)] = (picked, entry)
+    return chosen
+
+
+def run_selection(job: SelectJob, upstream: dict) -> dict:
+    """Select and write OUT/scores.parquet, OUT/selected/*.jsonl and OUT/selection.json; return the summary.
+
+    upstream: what the earlier stages record about their inputs: score_fingerprint, input (the pool's record),
+    truncation, warmup_model (None at θ0).
+    """
+    out, sel = Path(job.out), job.select
+    for folder in (out, out / "selected"):  # temporary files a killed earlier run left behind
+        atomic.remove_stale_temps(folder)
+    frame = read_scores(out / "score", needed_columns(sel.methods))
+    frame["combined"], frame["density"], bandwidth = density(frame, sel.signal_only())
+    atomic.write_parquet(out / "scores.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    rows = raw_rows(job.data.data, job.data.limit)
+    chosen = _choose(frame, job)
+    for name, (picked, _) in chosen.items():
+        rows.write(out / "selected" / name, picked)
+    for stale in (out / "selected").glob("*.jsonl"):
+        if stale.name not in chosen:
+            stale.unlink()
+    status_counts = frame["status"].value_counts().sort_index().to_dict()
+    summary = {
+        "grads_version": __version__, "versions": versions(), "score_fingerprint": upstream["score_fingerprint"],
+        "settings": job.settings(), "input": upstream["input"], "truncation": upstream["truncation"],
+        "status_counts": {str(k): int(v) for k, v in status_counts.items()},
+        "n_eligible": int((frame["status"] == "ok").sum()),
+        "signal": {"signal": sel.signal, "bandwidth_rule": sel.bandwidth, "bandwidth_scale": sel.bandwidth_scale,
+                   "bandwidth": bandwidth, "kde": sel.kde},
+        "warmup_model": upstream["warmup_model"],
+        "outputs": {name: entry for name, (_, entry) in chosen.items()},
+    }
+    atomic.write_json(out / "selection.json", summary)
+    return summary
+
+
+def load_scores(out_dir: str | Path) -> pd.DataFrame:
+    """OUT/scores.parquet of a finished `grads select` (score columns, `combined`, `density`)."""
+    return pq.read_table(Path(out_dir) / "scores.parquet").to_pandas()

@@ -1,0 +1,79 @@
+"""Behaviour is unchanged by refactoring: `grads select` on the demo's pool (the bundled SmolLM2 and MedMCQA, every
+method, two ratios, scores at θ0) writes exactly the files it wrote before.
+
+The digests were written by the code as it stood at commit 95f88af (before the stages, the rule registry and
+the config-driven CLI), with the same command as below (`golden_digests`); a change that alters any selected
+row, any score or any field of selection.json fails here. selection.json is compared without the fields that
+name this run's temporary paths and the installed package versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from grads.cli import app
+
+METHODS = ["grads", "grads-auto", "grads-high", "grads-low", "grads-tails", "emb-only", "head-only", "random",
+           "full", "length", "loss", "ifd", "gradnorm"]
+GOLDEN = {
+    "scores.parquet": "addd8b28ec0a4f60",
+    "selected/emb-only-0.05.jsonl": "b2e4dd419aced7a9",
+    "selected/emb-only-0.5.jsonl": "aa3cb7850a438aac",
+    "selected/full.jsonl": "757962b7e416a154",
+    "selected/gradnorm-0.05.jsonl": "3a02c9627858de77",
+    "selected/gradnorm-0.5.jsonl": "fa37c16674468216",
+    "selected/grads-0.05.jsonl": "bda850e8f6861186",
+    "selected/grads-0.5.jsonl": "468246020510a84b",
+    "selected/grads-auto.jsonl": "bf8a882edadf60b1",
+    "selected/grads-high-0.05.jsonl": "3a02c9627858de77",
+    "selected/grads-high-0.5.jsonl": "290ae1fc1da097b9",
+    "selected/grads-low-0.05.jsonl": "f5fa1a893e58b17c",
+    "selected/grads-low-0.5.jsonl": "473ecd76148890d1",
+    "selected/grads-tails-0.05.jsonl": "3a02c9627858de77",
+    "selected/grads-tails-0.5.jsonl": "5b3f01e98a0dbfe9",
+    "selected/head-only-0.05.jsonl": "a22c70bf7639aba8",
+    "selected/head-only-0.5.jsonl": "4e1c97ba4159703a",
+    "selected/ifd-0.05.jsonl": "3bafcb64ed6989bf",
+    "selected/ifd-0.5.jsonl": "a7aa5784a81723d6",
+    "selected/length-0.05.jsonl": "65a428a83b07b501",
+    "selected/length-0.5.jsonl": "43c41bfcde714192",
+    "selected/loss-0.05.jsonl": "64a9a2cedbc4d043",
+    "selected/loss-0.5.jsonl": "72dfab91c59c5dc4",
+    "selected/random-0.05.jsonl": "024630492a6a2544",
+    "selected/random-0.5.jsonl": "3937bf7f4e9dfc65",
+    "selection.json (paths and versions left out)": "843735cf102e0d7f",
+}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def golden_digests(pool: Path, out: Path) -> dict[str, str]:
+    args = ["select", "--model", "smollm2-135m-instruct", "--data", str(pool), "--limit", "40", "--max-length",
+            "128", "--ratio", "0.05", "--ratio", "0.5", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args + [x for m in METHODS for x in ("--method", m)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    files = [out / "scores.parquet", *(out / "selected").glob("*.jsonl")]
+    digests = {str(p.relative_to(out)): _digest(p.read_bytes()) for p in sorted(files)}
+    summary = json.loads((out / "selection.json").read_text())
+    summary["settings"].pop("out"), summary["settings"]["data"].pop("data"), summary["input"].pop("path")
+    summary.pop("versions")
+    digests["selection.json (paths and versions left out)"] = _digest(json.dumps(summary, sort_keys=True).encode())
+    return digests
+
+
+@pytest.mark.slow
+def test_select_on_the_demo_pool_writes_the_same_files_as_before(tmp_path, medmcqa_dir, monkeypatch):
+    from grads.models import builtin_cache_dir, cache_builtin
+
+    model = cache_builtin("smollm2-135m-instruct")
+    monkeypatch.setenv("GRADS_HOME", str(tmp_path / "home"))  # tokenised afresh, not from the shared token cache
+    builtin_cache_dir("smollm2-135m-instruct").parent.mkdir(parents=True)
+    builtin_cache_dir("smollm2-135m-instruct").symlink_to(model)
+    assert golden_digests(medmcqa_dir / "pool.jsonl", tmp_path / "out") == GOLDEN
