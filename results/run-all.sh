@@ -12,3 +12,8 @@ done
 $grads experiment results/confirm-no-warmup/config.yaml --out results/confirm-no-warmup
 # grads-auto (a budget the data chooses) at the default scoring, on the test tasks
 $grads experiment results/auto-budget/config.yaml --out results/auto-budget
+# the comparison tables quoted in docs/results.md (stdout)
+$grads compare --validation results/medmcqa-smollm2 results/variant-*
+$grads compare results/confirm-no-warmup --against results/medmcqa-smollm2 --tag "no warm-up"
+$grads compare results/auto-budget --against results/medmcqa-smollm2 --tag "no warm-up"
+.venv/bin/python scripts/subset_profile.py
