@@ -4,7 +4,9 @@ method, two ratios, scores at θ0) writes exactly the files it wrote before.
 The digests were written by the code as it stood at commit 95f88af (before the stages, the rule registry and
 the config-driven CLI), with the same command as below (`golden_digests`); a change that alters any selected
 row, any score or any field of selection.json fails here. selection.json is compared without the fields that
-name this run's temporary paths and the installed package versions.
+name this run's temporary paths and the installed package versions, and without the scores' fingerprint (it
+hashes the data path); the fingerprints are compared on fixed paths in their own test, and every committed
+experiment's config must still read back as the config.json it was run with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from grads.cli import app
+from grads.config import DataConfig, ModelConfig, SelectConfig, SelectJob, TrainConfig
+from grads.experiment import load_config
+from grads.warmup import warmup_plan
+
+ROOT = Path(__file__).resolve().parent.parent
 
 METHODS = ["grads", "grads-auto", "grads-high", "grads-low", "grads-tails", "emb-only", "head-only", "random",
            "full", "length", "loss", "ifd", "gradnorm"]
@@ -46,7 +53,7 @@ GOLDEN = {
     "selected/loss-0.5.jsonl": "72dfab91c59c5dc4",
     "selected/random-0.05.jsonl": "024630492a6a2544",
     "selected/random-0.5.jsonl": "3937bf7f4e9dfc65",
-    "selection.json (paths and versions left out)": "843735cf102e0d7f",
+    "selection.json (paths and versions left out)": "ff1bd75abf753629",
 }
 
 
@@ -63,7 +70,7 @@ def golden_digests(pool: Path, out: Path) -> dict[str, str]:
     digests = {str(p.relative_to(out)): _digest(p.read_bytes()) for p in sorted(files)}
     summary = json.loads((out / "selection.json").read_text())
     summary["settings"].pop("out"), summary["settings"]["data"].pop("data"), summary["input"].pop("path")
-    summary.pop("versions")
+    summary.pop("versions"), summary.pop("score_fingerprint")
     digests["selection.json (paths and versions left out)"] = _digest(json.dumps(summary, sort_keys=True).encode())
     return digests
 
@@ -77,3 +84,24 @@ def test_select_on_the_demo_pool_writes_the_same_files_as_before(tmp_path, medmc
     builtin_cache_dir("smollm2-135m-instruct").parent.mkdir(parents=True)
     builtin_cache_dir("smollm2-135m-instruct").symlink_to(model)
     assert golden_digests(medmcqa_dir / "pool.jsonl", tmp_path / "out") == GOLDEN
+
+
+def test_fingerprints_are_those_of_before():
+    """The warm-up's and the scores' fingerprints decide whether a finished warm-up or scoring is reused (and
+    whether a folder is refused): they must not change with the code's shape. Values from commit 95f88af."""
+    expected = {0.0: ("78d4b57d1cc950d02845", "2b3fd3e1cd241cece7ab"), 1.0: ("5d9f9599ff26ff45d6f2",
+                                                                           "b91f685b0244cc60111d")}
+    for warmup, (warmup_fp, score_fp) in expected.items():
+        job = SelectJob(model=ModelConfig(model="smollm2-135m-instruct"),
+                        data=DataConfig(data=Path("pool.jsonl"), limit=40, max_length=128), train=TrainConfig(seed=3),
+                        select=SelectConfig(methods=("grads", "random"), ratios=(0.05, 0.5), seed=3,
+                                            warmup_epochs=warmup), out=Path("out"))
+        plan = warmup_plan(job, "ab" * 32)
+        assert (plan.fingerprint, plan.score_fingerprint) == (warmup_fp, score_fp)
+
+
+def test_committed_experiments_still_read_as_they_were_run():
+    configs = sorted(ROOT.glob("results/*/config.yaml"))
+    assert configs
+    for config in configs:
+        assert load_config(config).settings() == json.loads((config.parent / "config.json").read_text()), config

@@ -397,11 +397,12 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 
 def comparable(folder: Path) -> dict[str, bytes]:
-    """Every output a reader uses; timings.json (wall-clock seconds) and the warm-up's done.json (which records
-    where it resumed from and the losses logged by this process) legitimately differ."""
+    """Every output a reader uses; timings.json (wall-clock seconds, of the run and of its scoring stage) and the
+    warm-up's done.json (which records where it resumed from and the losses logged by this process) legitimately
+    differ."""
     files = visible_files(folder)
-    files.pop("timings.json", None)
-    files.pop("warmup/model/done.json", None)
+    for name in ("timings.json", "score/timings.json", "warmup/model/done.json"):
+        files.pop(name, None)
     return files
 
 

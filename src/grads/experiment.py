@@ -167,7 +167,7 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
                log) -> None:
     """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json."""
     from grads.selection import select
-    from grads.training import run_train
+    from grads.training import run_train, training_record
 
     method, ratio, seed = run
     name = run_name(method, ratio, seed)
@@ -176,7 +176,7 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
     rows.write(run_dir / "train.jsonl", picked)
     log(f"{name}: fine-tuning on {len(picked)} examples")
     model_dir = run_train(cfg.train_job(run_dir, seed), pool.subset(picked), tokenizer, progress=False)
-    done_train = json.loads((model_dir / "done.json").read_text())
+    done_train = training_record(model_dir)
     log(f"{name}: evaluating")
     result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
     atomic.write_json(run_dir / "results.json", {

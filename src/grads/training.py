@@ -25,6 +25,11 @@ DONE = "done.json"
 OWNER = "fingerprint.json"  # in OUT/checkpoints: which run the checkpoints belong to
 
 
+def training_record(model_dir: str | Path) -> dict:
+    """What a finished fine-tune recorded beside its model (done.json): loss, steps, seconds, recipe."""
+    return json.loads((Path(model_dir) / DONE).read_text())
+
+
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest checkpoint-N whose trainer_state.json (the Trainer writes it last) is readable; checkpoints a
     kill cut short are removed, so resuming never starts from half-saved weights or optimizer state."""
