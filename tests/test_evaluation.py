@@ -35,9 +35,54 @@ def test_rigged_model_gets_exactly_the_questions_whose_answer_is_a(tmp_path, smo
     favourite = smol_tokenizer(" A", add_special_tokens=False)["input_ids"]
     assert len(favourite) == 1
     model = AlwaysLetterA(len(smol_tokenizer), favourite[0])
-    result = evaluate(model, smol_tokenizer, [str(task)])["mine"]
+    result = evaluate(model, smol_tokenizer, [str(task)], rotations=1)["mine"]  # the options as given
     assert (result["correct"], result["n"], result["accuracy"]) == (4, 8, 0.5)
     assert result["ci95"] == pytest.approx(list(wilson_interval(4, 8)))
+
+
+def test_a_constant_letter_scores_exactly_chance_under_rotation(tmp_path, smol_tokenizer):
+    """Asked in every cyclic rotation of its options, each question has its right answer under each letter once:
+    a model that always says A is right once per question, whatever the answers, so it scores 1/K exactly."""
+    for k, answers in [(4, [0, 1, 0, 2, 3, 0, 1, 0]), (5, [4, 4, 4])]:
+        task = write_jsonl(tmp_path / f"k{k}.jsonl", [{"question": f"Question {i}?", "choices": list("vwxyz")[:k],
+                                                       "answer": a} for i, a in enumerate(answers)])
+        model = AlwaysLetterA(len(smol_tokenizer), smol_tokenizer(" A", add_special_tokens=False)["input_ids"][0])
+        result = evaluate(model, smol_tokenizer, [str(task)])[f"k{k}"]
+        assert result["accuracy"] == 1 / k and (result["n"], result["rotations"]) == (len(answers), k)
+        assert result["correct"] == len(answers) and result["n_scored"] == k * len(answers)
+        by_question = {}
+        for record in result["items"]:
+            by_question.setdefault(record["id"], []).append(record["correct"])
+        assert all(sum(v) == 1 and len(v) == k for v in by_question.values())
+    two = evaluate(model, smol_tokenizer, [str(tmp_path / "k4.jsonl")], rotations=2)["k4"]
+    assert two["rotations"] == 2 and two["n_scored"] == 16
+
+
+def test_gold_bits_per_byte_equal_a_direct_forward(smol_tokenizer):
+    """NAME:bpb and GSM8K: Σ NLL of the gold continuation over ln 2 · its UTF-8 bytes, by hand."""
+    from grads.evaluation import task_items
+    from grads.tasks import resolve_task
+
+    model = tiny_llama(vocab_size=len(smol_tokenizer), hidden=32).double()
+    for name in ["arc_easy:bpb", "gsm8k"]:
+        key, spec = resolve_task(name)
+        result = evaluate(model, smol_tokenizer, [name], limit=4)[key]
+        items, _ = task_items(smol_tokenizer, key, spec, 4)
+        nll, n_bytes = 0.0, 0
+        for item in items:
+            context, continuation = item.gold
+            ctx = smol_tokenizer(context)["input_ids"]
+            cont = smol_tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0].double(), -1)
+            nll -= sum(float(lp[len(ctx) + j - 1, t]) for j, t in enumerate(cont))
+            n_bytes += len(continuation.encode("utf-8"))
+        assert result["n"] == 4 and "accuracy" not in result
+        assert result["bpb"] == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-6), name
+    # a cloze task scored for accuracy reports the gold answers' bpb too
+    both = evaluate(model, smol_tokenizer, ["arc_easy"], limit=4)["arc_easy"]
+    assert both["bpb"] == pytest.approx(evaluate(model, smol_tokenizer, ["arc_easy:bpb"], limit=4)["arc_easy:bpb"]
+                                        ["bpb"], rel=1e-6)
 
 
 def test_wilson_interval_matches_the_formula():

@@ -63,7 +63,7 @@ def _digest(data: bytes) -> str:
 
 def golden_digests(pool: Path, out: Path) -> dict[str, str]:
     args = ["select", "--model", "smollm2-135m-instruct", "--data", str(pool), "--limit", "40", "--max-length",
-            "128", "--ratio", "0.05", "--ratio", "0.5", "--out", str(out), "--quiet"]
+            "128", "--ratio", "0.05", "--ratio", "0.5", "--warmup-epochs", "0", "--out", str(out), "--quiet"]
     result = CliRunner().invoke(app, args + [x for m in METHODS for x in ("--method", m)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     files = [out / "scores.parquet", *(out / "selected").glob("*.jsonl")]

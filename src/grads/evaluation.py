@@ -1,7 +1,14 @@
-"""Batched log-likelihood multiple-choice evaluation over the declared tasks (grads.tasks).
+"""Batched log-likelihood evaluation over the declared tasks (grads.tasks) and held-out answer files.
 
-Each choice is scored by the summed log-probability of its continuation given its context; the prediction is
-the best choice (per character for `acc_per_char` tasks). Accuracy comes with a 95% Wilson interval.
+Multiple choice: each choice is scored by the summed log-probability of its continuation given its context; the
+prediction is the best choice (per character for `acc_per_char` tasks). Letter-style questions are asked in
+every cyclic rotation of their options and the accuracy is the mean over rotations, so a model that prefers one
+letter scores exactly chance. Accuracy comes with a 95% Wilson interval over the scored items.
+
+Likelihood: for cloze, blank and gold tasks the gold continuation's negative log-likelihood gives bits per byte,
+    bpb = Σ_items NLL(gold | context) / (ln 2 · Σ_items UTF-8 bytes of the gold continuation),
+and `NAME:bpb` tasks score only that (one forward per item). Every result keeps its per-item records
+(`items`: correct per rotation, gold NLL and bytes), which `run_eval` writes to a parquet file beside the JSON.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from grads.tasks import TaskSpec, build_items, resolve_task
+from grads.tasks import BPB_SUFFIX, TaskSpec, build_items, resolve_task
 
 MAX_TOKENS = 1024
+LN2 = math.log(2)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -28,34 +37,46 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 
 def subsample(items: list, limit: int | None, salt: str) -> list:
-    """A fixed pseudo-random subset (the same for every model), not just the first N documents."""
-    if limit is None or limit >= len(items):
+    """A fixed pseudo-random subset of the questions (the same for every model), not just the first N; every
+    rotation of a chosen question is kept."""
+    ids = {item.id for item in items}
+    if limit is None or limit >= len(ids):
         return items
-    key = lambda item: hashlib.sha1(f"{salt}:{item.id}".encode()).hexdigest()  # noqa: E731
-    return sorted(items, key=key)[:limit]
+    rank = {i: hashlib.sha1(f"{salt}:{i}".encode()).hexdigest() for i in ids}
+    keep = set(sorted(ids, key=rank.get)[:limit])
+    return sorted((item for item in items if item.id in keep), key=lambda item: (rank[item.id], item.rotation))
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def _batches(lengths: Sequence[int], batch_size: int):
+    """Index batches of similar length (little padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for lo in range(0, len(order), batch_size):
+        yield order[lo:lo + batch_size]
+
+
+def _padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
 @torch.inference_mode()
 def _plain(model, encoded: list[tuple[list[int], int]], batch_size: int, pad: int) -> list[float]:
     """Σ log p of the last n tokens of each sequence, sequences batched by length (right padding)."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = next(model.parameters()).device
     out = [0.0] * len(encoded)
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo:lo + batch_size]
-        width = max(len(encoded[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = encoded[i][0]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1))
+    for idx in _batches([len(e[0]) for e in encoded], batch_size):
+        ids, mask = _padded([encoded[i][0] for i in idx], pad, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1))
         for row, i in enumerate(idx):
             seq, n_cont = encoded[i]
             out[i] = float(token_lp[row, len(seq) - 1 - n_cont:len(seq) - 1].sum())
@@ -63,104 +84,129 @@ def _plain(model, encoded: list[tuple[list[int], int]], batch_size: int, pad: in
 
 
 @torch.inference_mode()
-def _shared_context(model, context: list[int], continuations: list[list[int]], pad: int) -> list[float]:
-    """Σ log p(continuation | context) for several continuations of one context: the context is run once and
-    its key/value cache is reused for all continuations (single-token continuations need no second pass)."""
+def _next_token(model, contexts: list[list[int]], batch_size: int, pad: int) -> list[torch.Tensor]:
+    """log p(next token) after each context, contexts batched by length: one forward serves every single-token
+    continuation of a context (letters, yes/no)."""
     device = next(model.parameters()).device
-    first = model(input_ids=torch.tensor([context], device=device), use_cache=True)
-    first_lp = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
-    scores = [float(first_lp[c[0]]) for c in continuations]
-    longer = [j for j, c in enumerate(continuations) if len(c) > 1]
-    if not longer:
-        return scores
-    cache = first.cache
-    cache.batch_repeat_interleave(len(longer))
-    width = max(len(continuations[j]) for j in longer)
-    ids = torch.full((len(longer), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(longer), len(context) + width), dtype=torch.long)
-    mask[:, :len(context)] = 1
-    for row, j in enumerate(longer):
-        ids[row, :len(continuations[j])] = torch.tensor(continuations[j])
-        mask[row, len(context):len(context) + len(continuations[j])] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache).logits.float()
-    token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1))
-    for row, j in enumerate(longer):
-        scores[j] += float(token_lp[row, :len(continuations[j]) - 1].sum())
-    return scores
+    out: list[torch.Tensor] = [torch.empty(0)] * len(contexts)
+    for idx in _batches([len(c) for c in contexts], batch_size):
+        ids, mask = _padded([contexts[i] for i in idx], pad, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for row, i in enumerate(idx):
+            out[i] = torch.log_softmax(logits[row, len(contexts[i]) - 1].float(), dim=-1).cpu()
+    return out
 
 
 def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                    add_special_tokens: bool = True, share_context: bool = True) -> list[float]:
-    """Σ log p(continuation | context) for each pair. Pairs that share a context reuse its computation."""
+    """Σ log p(continuation | context) for each pair. Pairs that share a context and continue it by one token
+    each are scored from one forward of that context."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     groups: dict[str, list[int]] = {}
     for i, (context, _) in enumerate(pairs):
         groups.setdefault(context, []).append(i)
     out = [0.0] * len(pairs)
-    singles = []
+    singles, shared = [], []
     for context, members in groups.items():
         ctx = _encode(tokenizer, context, add_special_tokens)
         conts = [_encode(tokenizer, pairs[i][1], False) for i in members]
-        # one forward serves every choice when each is a single token (letters, yes/no); longer continuations
-        # are cheaper batched across questions on a CPU than one cached context at a time
-        single_tokens = all(len(c) == 1 for c in conts)
-        if share_context and single_tokens and len(members) > 1 and len(ctx) + 1 <= MAX_TOKENS:
-            for i, score in zip(members, _shared_context(model, ctx, conts, pad)):
-                out[i] = score
-        else:
-            for i, cont in zip(members, conts):
-                ids = (ctx + cont)[-MAX_TOKENS:]
-                singles.append((i, (ids, min(len(cont), len(ids) - 1))))
+        if share_context and all(len(c) == 1 for c in conts) and len(members) > 1 and len(ctx) < MAX_TOKENS:
+            shared.append((ctx, [(i, c[0]) for i, c in zip(members, conts)]))
+            continue
+        for i, cont in zip(members, conts):
+            ids = (ctx + cont)[-MAX_TOKENS:]
+            singles.append((i, (ids, min(len(cont), len(ids) - 1))))
+    for (_, members), logprobs in zip(shared, _next_token(model, [c for c, _ in shared], batch_size, pad)):
+        for i, token in members:
+            out[i] = float(logprobs[token])
     for (i, _), score in zip(singles, _plain(model, [e for _, e in singles], batch_size, pad)):
         out[i] = score
     return out
 
 
-def task_items(tokenizer, name: str, spec: TaskSpec, limit: int | None = None) -> tuple[list, bool]:
+def task_items(tokenizer, name: str, spec: TaskSpec, limit: int | None = None,
+               rotations: int | None = None) -> tuple[list, bool]:
     """The (sub-sampled) items of a task as this tokenizer sees them, and whether they are chat-rendered
-    (letter-style tasks use the chat template when the model has one)."""
+    (letter-style tasks use the chat template when the model has one; `rotations`: see build_items)."""
     chat = None
     if spec.style == "letter" and getattr(tokenizer, "chat_template", None):
         def chat(prompt: str) -> str:
             return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True)
-    return subsample(build_items(spec, chat), limit, name), chat is not None
+    # NAME:bpb draws the same questions as NAME
+    return subsample(build_items(spec, chat, rotations), limit, name.removesuffix(BPB_SUFFIX)), chat is not None
 
 
-def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None = None,
-                  batch_size: int = 16) -> dict:
-    items, chat = task_items(tokenizer, name, spec, limit)
-    pairs = [(c, x) for item in items for c, x in zip(item.contexts, item.continuations)]
-    started = time.perf_counter()
-    scores = loglikelihoods(model, tokenizer, pairs, batch_size, add_special_tokens=not chat)
-    correct, pos = 0, 0
+def _choice_records(items: list, scores: list[float], spec: TaskSpec) -> list[dict]:
+    records, pos = [], 0
     for item in items:
         k = len(item.continuations)
         values = scores[pos:pos + k]
+        gold_ll = values[item.answer]
         if spec.metric == "acc_per_char":
             values = [v / max(len(c), 1) for v, c in zip(values, item.continuations)]
-        correct += int(max(range(k), key=lambda j: values[j]) == item.answer)
+        pick = max(range(k), key=lambda j: values[j])
+        records.append({"id": item.id, "rotation": item.rotation, "correct": int(pick == item.answer),
+                        "predicted": pick, "gold_nll": -gold_ll,
+                        "gold_bytes": len(item.gold[1].encode("utf-8"))})
         pos += k
-    n = len(items)
-    lo, hi = wilson_interval(correct, n)
-    return {"task": name, "kind": spec.kind, "metric": spec.metric, "style": spec.style, "n": n,
-            "correct": correct, "accuracy": correct / n if n else math.nan, "ci95": [lo, hi],
-            "seconds": round(time.perf_counter() - started, 1)}
+    return records
+
+
+def summarise(records: list[dict], spec: TaskSpec) -> dict:
+    """Accuracy (letter tasks: over every rotation of every question) and bits per byte of the gold answers."""
+    out = {"n": len({r["id"] for r in records}), "rotations": max((r["rotation"] for r in records), default=0) + 1}
+    if spec.metric != "bpb":
+        scored, correct = len(records), sum(r["correct"] for r in records)
+        out |= {"n_scored": scored, "correct": correct, "accuracy": correct / scored if scored else math.nan,
+                "ci95": list(wilson_interval(correct, scored))}
+    if spec.style != "letter":
+        nll, n_bytes = sum(r["gold_nll"] for r in records), sum(r["gold_bytes"] for r in records)
+        out |= {"bpb": nll / (LN2 * n_bytes) if n_bytes else math.nan, "gold_bytes": n_bytes}
+    return out
+
+
+def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None = None, batch_size: int = 16,
+                  rotations: int | None = None) -> dict:
+    items, chat = task_items(tokenizer, name, spec, limit, rotations)
+    started = time.perf_counter()
+    if spec.metric == "bpb":
+        scores = loglikelihoods(model, tokenizer, [item.gold for item in items], batch_size,
+                                add_special_tokens=not chat)
+        records = [{"id": item.id, "rotation": 0, "correct": -1, "predicted": -1, "gold_nll": -score,
+                    "gold_bytes": len(item.gold[1].encode("utf-8"))} for item, score in zip(items, scores)]
+    else:
+        pairs = [(c, x) for item in items for c, x in zip(item.contexts, item.continuations)]
+        scores = loglikelihoods(model, tokenizer, pairs, batch_size, add_special_tokens=not chat)
+        records = _choice_records(items, scores, spec)
+    return {"task": name, "kind": spec.kind, "metric": spec.metric, "style": spec.style,
+            **summarise(records, spec), "seconds": round(time.perf_counter() - started, 1), "items": records}
+
+
+def _line(r: dict) -> str:
+    parts = []
+    if "accuracy" in r:
+        parts.append(f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+    if "bpb" in r:
+        parts.append(f"bpb {r['bpb']:.4f}")
+    rotations = f" x {r['rotations']} rotations" if r.get("rotations", 1) > 1 else ""
+    return f"{r['task']}: {', '.join(parts)} (n={r['n']}{rotations}, {r['seconds']}s)"
 
 
 def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = None, batch_size: int = 16,
-             log=None, limits: dict[str, int] | None = None) -> dict[str, dict]:
+             log=None, limits: dict[str, int] | None = None, rotations: int | None = None) -> dict[str, dict]:
+    """Every task's result (with its per-item records under "items"); `rotations`: letter questions are asked in
+    this many cyclic rotations of their options (None: all of them)."""
     results = {}
     was_training = model.training
     model.eval()
     try:
         for name in task_names:
             key, spec = resolve_task(name)
-            results[key] = evaluate_task(model, tokenizer, key, spec, (limits or {}).get(name, limit), batch_size)
+            results[key] = evaluate_task(model, tokenizer, key, spec, (limits or {}).get(name, limit), batch_size,
+                                         rotations)
             if log:
-                r = results[key]
-                log(f"{key}: {r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] (n={r['n']}, "
-                    f"{r['seconds']}s)")
+                log(_line(results[key]))
     finally:
         model.train(was_training)
     return results
@@ -176,23 +222,60 @@ def _backend(name: str):
     return evaluate
 
 
+def items_file(out: str | Path) -> Path:
+    """Where run_eval keeps the per-item records of the results file `out`."""
+    out = Path(out)
+    return out.with_name(out.stem + ".items.parquet")
+
+
 def run_eval(job, log=None) -> dict:
-    """The evaluation stage (`grads eval`): every task of job.tasks on job.model -> job.out (JSON); returns what it
-    wrote. Unknown tasks and a missing backend fail before the model loads."""
+    """The evaluation stage (`grads eval`): every task of job.tasks and every held-out file of job.heldout on
+    job.model -> job.out (JSON) and its per-item records beside it (items_file, heldout_file); returns what went
+    into the JSON. Unknown tasks, unreadable held-out files and a missing backend fail before the model loads."""
     from grads import atomic
+    from grads.heldout import read_heldout, score_heldout
     from grads.models import load_model, load_tokenizer
     from grads.tasks import expand
 
-    names = expand(list(job.tasks))
+    names = expand(list(job.tasks)) if job.tasks else []
     for name in names:
         resolve_task(name)
-    evaluator = _backend(job.backend)
+    evaluator = _backend(job.backend) if names else None
     m = job.model
-    model = load_model(m.model, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     tokenizer = load_tokenizer(m.model, trust_remote_code=m.trust_remote_code)
+    heldout = {path: read_heldout(path, tokenizer, job.max_length, job.heldout_limit) for path in job.heldout}
+    model = load_model(m.model, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     started = time.perf_counter()
-    results = evaluator(model, tokenizer, names, job.limit, job.batch_size, log, limits=job.limits)
-    payload = {"model": m.model, "limit": job.limit, "backend": job.backend, "tasks": results,
+    results = evaluator(model, tokenizer, names, job.limit, job.batch_size, log, limits=job.limits,
+                        rotations=job.mc_rotations) if names else {}
+    records = {key: r.pop("items") for key, r in results.items() if "items" in r}
+    held = {name: score_heldout(model, pool, job.batch_size, tokenizer, log, name) for name, pool in
+            _named(heldout).items()}
+    payload = {"model": m.model, "limit": job.limit, "backend": job.backend, "mc_rotations": job.mc_rotations,
+               "tasks": results, "heldout": {name: summary for name, (summary, _) in held.items()},
                "seconds": round(time.perf_counter() - started, 1), **({"limits": job.limits} if job.limits else {})}
+    _write_records(job.out, records, {name: frame for name, (_, frame) in held.items()})
     atomic.write_json(job.out, payload)
     return payload
+
+
+def _named(heldout: dict) -> dict:
+    """Held-out files by a short name: the file's stem (its parent folder's name too when two stems clash)."""
+    stems = [Path(p).stem for p in heldout]
+    return {(Path(p).stem if stems.count(Path(p).stem) == 1 else f"{Path(p).parent.name}/{Path(p).stem}"): pool
+            for p, pool in heldout.items()}
+
+
+def _write_records(out: str | Path, records: dict[str, list[dict]], heldout: dict) -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from grads import atomic
+
+    rows = [{"task": task, **r} for task, items in records.items() for r in items]
+    if rows:
+        atomic.write_parquet(items_file(out), pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
+    if heldout:
+        frames = [frame.assign(file=name) for name, frame in heldout.items()]
+        table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+        atomic.write_parquet(Path(out).with_name(Path(out).stem + ".heldout.parquet"), table)

@@ -10,14 +10,11 @@ over several sittings. G (domain gain) and F (forgetting) follow docs/method.md:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import statistics
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import yaml
 from pydantic import Field, ValidationError
 
@@ -38,8 +35,9 @@ from grads.config import (
     like,
 )
 from grads.errors import GradsError
+from grads.summary import load_runs, write_summary
 
-__all__ = ["EvalConfig", "ExperimentConfig", "run_experiment"]
+__all__ = ["EvalConfig", "ExperimentConfig", "load_runs", "run_experiment", "write_summary"]
 
 
 class ExperimentConfig(StageConfig):
@@ -90,10 +88,13 @@ class ExperimentConfig(StageConfig):
                                                                    max_length=self.max_length),
                         train=self.train.model_copy(update={"seed": seed}), out=run_dir)
 
-    def eval_job(self, model: str, out: Path) -> EvalJob:
+    def eval_job(self, model: str, out: Path, folder: Path) -> EvalJob:
+        """The evaluation of `model` (the experiment in `folder`: '{out}' in held-out paths stands for it)."""
         ev = self.eval
-        return EvalJob(model=self.stage_model(model), tasks=tuple(ev.all_tasks()), limit=ev.limit, limits=ev.limits,
-                       batch_size=ev.batch_size, out=out)
+        heldout = tuple(Path(path.replace("{out}", str(folder))) for path in ev.heldout)
+        return EvalJob(model=self.stage_model(model), tasks=tuple(ev.all_tasks()), heldout=heldout,
+                       heldout_limit=ev.heldout_limit, limit=ev.limit, limits=ev.limits, batch_size=ev.batch_size,
+                       mc_rotations=ev.mc_rotations, max_length=self.max_length, out=out)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -135,13 +136,13 @@ def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
     return runs
 
 
-def _evaluate_to(path: Path, model: str, cfg: ExperimentConfig, log) -> dict:
+def _evaluate_to(path: Path, model: str, cfg: ExperimentConfig, folder: Path, log) -> dict:
     """The evaluation stage's file for this model, run once (a finished file is reused)."""
     from grads.evaluation import run_eval
 
     if path.exists():
         return json.loads(path.read_text())
-    return run_eval(cfg.eval_job(model, path), log)
+    return run_eval(cfg.eval_job(model, path, folder), log)
 
 
 def _claim(out: Path, cfg: ExperimentConfig) -> None:
@@ -178,10 +179,11 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
     model_dir = run_train(cfg.train_job(run_dir, seed), pool.subset(picked), tokenizer, progress=False)
     done_train = training_record(model_dir)
     log(f"{name}: evaluating")
-    result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, log)
+    result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, out, log)
     atomic.write_json(run_dir / "results.json", {
         "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
-        "train_seconds": done_train.get("seconds"), "tasks": result["tasks"],  # None: trained by an old release
+        "train_answer_tokens": int(frame["n_target_tokens"].iloc[picked].sum()), "train_steps": done_train["steps"],
+        "train_seconds": done_train.get("seconds"), "tasks": result["tasks"], "heldout": result.get("heldout", {}),
         "train_loss": done_train["train_loss"]})
 
 
@@ -200,13 +202,17 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
     pool_path = _pool_path(cfg, out)
     select_job = cfg.select_job(pool_path, out / "select")  # checks methods and ratios before any model loads
     log("base model: evaluating")
-    base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, log)
-    if cfg.warmup_from:
-        adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
-    run_select(select_job, log=log)
-    frame = load_scores(out / "select")
+    base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, out, log)
     tokenizer = load_tokenizer(cfg.model)
     pool = tokenized(scan_pool(pool_path, None, cfg.pool_limit), tokenizer, cfg.pool_limit, cfg.max_length)
+    if cfg.methods:
+        if cfg.warmup_from:
+            adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
+        run_select(select_job, log=log)
+        frame = load_scores(out / "select")
+    else:  # only the full pool (a pilot): nothing to select, so no warm-up and no scoring
+        frame = pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows, "n_target_tokens": pool.n_target_tokens,
+                              "status": "ok"})
     rows = raw_rows(pool_path, cfg.pool_limit)
     done = 0
     for run in planned_runs(cfg):
@@ -219,185 +225,3 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
         write_summary(out, cfg, base)
     write_summary(out, cfg, base)
     return out / "summary.md"
-
-
-# --------------------------------------------------------------------------------------------- summary
-
-
-def gain_and_forgetting(result_tasks: dict, base_tasks: dict, domain: tuple[str, ...],
-                        general: tuple[str, ...]) -> tuple[float, float]:
-    """G = mean domain accuracy − base; F = mean over general tasks of (base − run)."""
-    dom = [t for t in domain if t in result_tasks and t in base_tasks]
-    gen = [t for t in general if t in result_tasks and t in base_tasks]
-    g = statistics.fmean(result_tasks[t]["accuracy"] - base_tasks[t]["accuracy"] for t in dom) if dom else math.nan
-    f = statistics.fmean(base_tasks[t]["accuracy"] - result_tasks[t]["accuracy"] for t in gen) if gen else math.nan
-    return g, f
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def aggregate(results: list[dict], base_tasks: dict, domain, general, validation=()) -> list[dict]:
-    groups: dict[tuple[str, float | None], list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["method"], r["ratio"]), []).append(r)
-    rows = []
-    for (method, ratio), runs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
-        gf = [gain_and_forgetting(r["tasks"], base_tasks, domain, general) for r in runs]
-        g_mean, g_std = mean_std([g for g, _ in gf])
-        f_mean, f_std = mean_std([f for _, f in gf])
-        row = {"method": method, "ratio": ratio, "seeds": sorted(r["seed"] for r in runs), "G_mean": g_mean,
-               "G_std": g_std, "F_mean": f_mean, "F_std": f_std}
-        if validation:
-            row["G_val_mean"], row["G_val_std"] = mean_std(
-                [gain_and_forgetting(r["tasks"], base_tasks, validation, ())[0] for r in runs])
-        for task in [*domain, *validation, *general]:
-            accs = [r["tasks"][task]["accuracy"] for r in runs if task in r["tasks"]]
-            row[task] = mean_std(accs)[0]
-        rows.append(row)
-    return rows
-
-
-def paired_differences(results: list[dict], base_tasks: dict, domain, general, validation=(),
-                       reference: str = "random") -> list[dict]:
-    """Each method against `reference` run with the same seed (and the same ratio; `full` has none): the mean ±
-    std over seeds of ΔG, ΔF and ΔG_val, and each seed's (ΔG, ΔF, ΔG_val) under "per_seed". Pairing by seed
-    removes what the seeds share (evaluation items, the training order of the reference) and leaves the effect of
-    the subset."""
-    def figures(run: dict) -> tuple[float, float, float]:
-        g, f = gain_and_forgetting(run["tasks"], base_tasks, domain, general)
-        return g, f, gain_and_forgetting(run["tasks"], base_tasks, validation, ())[0]
-
-    by_key = {(r["method"], r["ratio"], r["seed"]): figures(r) for r in results}
-    groups: dict[tuple[str, float | None], dict[int, tuple[float, ...]]] = {}
-    for (method, ratio, seed), mine in by_key.items():
-        ref_ratio = None if reference == "full" else ratio
-        theirs = by_key.get((reference, ref_ratio, seed))
-        if method == reference or theirs is None or (ratio is None and reference != "full"):
-            continue
-        groups.setdefault((method, ratio), {})[seed] = tuple(a - b for a, b in zip(mine, theirs))
-    rows = []
-    for (method, ratio), per_seed in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
-        row = {"method": method, "ratio": ratio, "reference": reference, "n_pairs": len(per_seed),
-               "per_seed": dict(sorted(per_seed.items()))}
-        for i, name in enumerate(["dG", "dF", "dG_val"]):
-            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([d[i] for d in per_seed.values()])
-        rows.append(row)
-    return rows
-
-
-def load_runs(out: Path) -> list[dict]:
-    """Every finished fine-tune's results.json under OUT/runs (the base model's evaluation is not a run)."""
-    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
-            if p.parent.name != "base"]
-
-
-def write_summary(out: Path, cfg: ExperimentConfig, base: dict) -> None:
-    domain, general, val = cfg.eval.domain_tasks, cfg.eval.general_tasks, cfg.eval.validation_tasks
-    results = load_runs(out)
-    rows = aggregate(results, base["tasks"], domain, general, val)
-    tasks = [*domain, *val, *general]
-    buffer = io.StringIO()
-    fields = ["method", "ratio", "n_seeds", "G_mean", "G_std", "F_mean", "F_std",
-              *(["G_val_mean", "G_val_std"] if val else []), *tasks]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**{k: row[k] for k in fields if k in row}, "n_seeds": len(row["seeds"]),
-                         "ratio": "" if row["ratio"] is None else row["ratio"]})
-    atomic.write_text(out / "summary.csv", buffer.getvalue())
-
-    lines = ["# Experiment summary", "",
-             f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), "
-             f"{cfg.eval.limit} questions per task"
-             + "".join(f", {t} {n}" for t, n in cfg.eval.limits.items())
-             + f". Fine-tune per run: {_recipe(cfg.train)}. "
-             + (f"G = mean domain accuracy gain over the base model ({', '.join(domain)}). " if domain else "")
-             + (f"F = mean general-task accuracy lost ({', '.join(general)}). " if general else "")
-             + (f"G_val = the same gain on the validation task(s) ({', '.join(val)}), the only figure used to "
-                "choose variants. " if val else "")
-             + "Mean ± std over seeds.", "",
-             "Base model: " + ", ".join(f"{t} {base['tasks'][t]['accuracy']:.3f} (n={base['tasks'][t]['n']})"
-                                        for t in tasks if t in base["tasks"]), "",
-             "| method | ratio | seeds | G (mean ± std) | F (mean ± std) | " + ("G_val | " if val else "")
-             + " | ".join(tasks) + " |",
-             "|---|---|---|---|---|" + ("---|" if val else "") + "---|" * len(tasks)]
-    for row in rows:
-        ratio = format_ratio(row["ratio"], row["method"])
-        accs = " | ".join(f"{row.get(t, math.nan):.3f}" for t in tasks)
-        g_val = f"{pm(row['G_val_mean'], row['G_val_std'])} | " if val else ""
-        lines.append(f"| {row['method']} | {ratio} | {len(row['seeds'])} | {pm(row['G_mean'], row['G_std'])} "
-                     f"| {pm(row['F_mean'], row['F_std'])} | {g_val}{accs} |")
-    for reference in ("random", "full"):
-        pairs = paired_differences(results, base["tasks"], domain, general, val, reference)
-        if not pairs:
-            continue
-        lines += ["", f"Against `{reference}` with the same seed"
-                  + (" and ratio" if reference == "random" else "") + " (difference of the two runs' figures, "
-                  "mean ± std over seeds; ΔF < 0 is less forgetting):", "",
-                  "| method | ratio | pairs | ΔG | ΔF | " + ("ΔG_val |" if val else ""),
-                  "|---|---|---|---|---|" + ("---|" if val else "")]
-        for row in pairs:
-            ratio = format_ratio(row["ratio"], row["method"])
-            g_val = f" {pm(row['dG_val_mean'], row['dG_val_std'])} |" if val else ""
-            lines.append(f"| {row['method']} | {ratio} | {row['n_pairs']} | {pm(row['dG_mean'], row['dG_std'])} "
-                         f"| {pm(row['dF_mean'], row['dF_std'])} |{g_val}")
-    lines += ["", "Per run:", "", "| run | n_train | G | F | " + ("G_val | " if val else "") + "train loss |",
-              "|---|---|---|---|" + ("---|" if val else "") + "---|"]
-    for r in results:
-        g, f = gain_and_forgetting(r["tasks"], base["tasks"], domain, general)
-        g_val = f"{pm(gain_and_forgetting(r['tasks'], base['tasks'], val, ())[0])} | " if val else ""
-        lines.append(f"| {r['run']} | {r['n_train']} | {pm(g)} | {pm(f)} | {g_val}{r['train_loss']:.3f} |")
-    atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
-    _plot(out / "g_vs_f.png", rows)
-
-
-def _recipe(train: TrainConfig) -> str:
-    length = f"{train.max_steps} optimizer steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
-    batch = train.batch_size * train.grad_accum
-    return f"{'LoRA' if train.lora else 'full'}, {length} of batch {batch}, lr {train.lr:g}"
-
-
-def format_ratio(ratio: float | None, method: str) -> str:
-    """A ratio for a table: '0.05', '1 (full)' for the full pool, 'auto' for a budget the method chose."""
-    if ratio is None:
-        return "1 (full)" if method == "full" else "auto"
-    return f"{ratio:g}"
-
-
-def pm(mean: float, std: float | None = None) -> str:
-    """'+0.012 ± 0.004', or '–' for a figure this experiment does not measure (no such tasks)."""
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:+.3f}" if std is None else f"{mean:+.3f} ± {std:.3f}"
-
-
-def _plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    markers = {0.05: "o", 0.25: "s", 0.5: "^", None: "*"}
-    methods = sorted({r["method"] for r in rows})
-    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
-    for r in rows:
-        if math.isnan(r["G_mean"]) or math.isnan(r["F_mean"]):
-            continue
-        ax.errorbar(r["F_mean"], r["G_mean"], xerr=r["F_std"], yerr=r["G_std"], fmt=markers.get(r["ratio"], "D"),
-                    color=colours[r["method"]], capsize=3, ms=8,
-                    label=r["method"] if r["ratio"] is None else f"{r['method']} {r['ratio']:g}")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("F: forgetting (mean general accuracy lost) → worse")
-    ax.set_ylabel("G: domain gain (accuracy over base) → better")
-    ax.set_title("Learn more (up), forget less (left): mean ± std over seeds")
-    if ax.get_legend_handles_labels()[0]:  # a G_val-only experiment has no points
-        ax.legend(fontsize=7, ncol=2)
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)

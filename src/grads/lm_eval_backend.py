@@ -63,7 +63,7 @@ def _write_task(folder: Path, key: str, items: list) -> tuple[str, int]:
 
 
 def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None = None, batch_size: int = 16,
-                     log=None, limits: dict[str, int] | None = None) -> dict[str, dict]:
+                     log=None, limits: dict[str, int] | None = None, rotations: int | None = None) -> dict[str, dict]:
     """The same contract as grads.evaluation.evaluate, scored by lm-evaluation-harness."""
     require_lm_eval()
     import lm_eval
@@ -79,11 +79,14 @@ def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None 
         specs = {}
         for name in task_names:
             key, spec = resolve_task(name)
-            items, _ = task_items(tokenizer, key, spec, (limits or {}).get(name, limit))
-            specs[key] = (spec, *_write_task(folder, key, items))
+            if spec.metric == "bpb":
+                raise GradsError(f"{key}: bits per byte is scored by the grads backend only",
+                                 hint="use --backend grads for NAME:bpb tasks and held-out files")
+            items, _ = task_items(tokenizer, key, spec, (limits or {}).get(name, limit), rotations)
+            specs[key] = (spec, len({item.id for item in items}), *_write_task(folder, key, items))
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         manager = TaskManager(include_path=str(folder), include_defaults=False)
-        for key, (spec, task, n) in specs.items():
+        for key, (spec, n_questions, task, n) in specs.items():
             started = time.perf_counter()
             out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=False,
                                           bootstrap_iters=0, batch_size=batch_size)
@@ -91,7 +94,8 @@ def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None 
             accuracy = float(out["results"][task][f"{metric},none"])
             correct = round(accuracy * n)
             lo, hi = wilson_interval(correct, n)
-            results[key] = {"task": key, "kind": spec.kind, "metric": spec.metric, "style": spec.style, "n": n,
+            results[key] = {"task": key, "kind": spec.kind, "metric": spec.metric, "style": spec.style,
+                            "n": n_questions, "rotations": n // max(n_questions, 1), "n_scored": n,
                             "correct": correct, "accuracy": accuracy if n else math.nan, "ci95": [lo, hi],
                             "backend": f"lm-eval {lm_eval.__version__} ({metric})",
                             "seconds": round(time.perf_counter() - started, 1)}

@@ -193,6 +193,21 @@ def select_random(table, ratio, seed, cfg=None):
     return np.sort(candidates[order[:_k(table, ratio)]])
 
 
+def select_random_tokens(table, ratio, seed, cfg: SignalConfig = DEFAULTS):
+    """Baseline (token-matched): random examples, in the seeded order of `random`, until they carry as many answer
+    tokens as the `grads` subset of this ratio (the prefix whose total is closest): a gain over it comes from which
+    examples were chosen, not from how much answer text they hold."""
+    n_target = table["n_target_tokens"].to_numpy()
+    target = int(n_target[select_grads(table, ratio, seed, cfg)].sum())
+    candidates = np.flatnonzero(eligible(table))
+    order = candidates[np.random.default_rng(seed).permutation(len(candidates))]
+    totals = np.cumsum(n_target[order])
+    k = int(np.searchsorted(totals, target)) + 1  # the shortest prefix reaching the target
+    if k > 1 and (k > len(order) or target - totals[k - 2] <= totals[k - 1] - target):
+        k -= 1  # one example fewer is as close or closer
+    return np.sort(order[:k])
+
+
 def select_full(table, ratio, seed, cfg=None):
     """Baseline: the whole pool, every row."""
     return np.arange(len(table))
@@ -261,6 +276,8 @@ RULES: dict[str, Rule] = {
     "head-only": Rule(select_grads, "density of the LM-head norm alone (ablation)", "density", "high",
                       signal="head"),
     "random": Rule(select_random, "a seeded random subset (baseline)"),
+    "random-tokens": Rule(select_random_tokens, "random examples carrying as many answer tokens as the grads subset "
+                          "(token-matched baseline)"),
     "full": Rule(select_full, "the whole pool, every row (baseline)", takes_ratio=False),
     "length": Rule(select_length, "the longest answers (baseline)"),
     "loss": Rule(select_loss, "the highest answer loss at the scoring model (baseline)"),

@@ -1,11 +1,15 @@
 """Evaluation tasks as data: where the documents are, how a prompt and its choices are written, which is right.
 
-A task is a `TaskSpec`; adding a benchmark is adding an entry to TASKS. Two styles:
+A task is a `TaskSpec`; adding a benchmark is adding an entry to TASKS. Styles:
   letter  the question with lettered options, rendered with the model's chat template, scored on the answer
-          letter (" A", " B", ...) after "Answer:": the format grads' domain SFT data teaches.
+          letter (" A", " B", ...) after "Answer:": the format grads' domain SFT data teaches. Asked once per
+          cyclic rotation of the options (all K by default), so a preference for one letter scores chance.
   cloze   plain text: each choice is a continuation of the context, scored by its log-likelihood per
           character (general skills, where small models are only above chance in this form).
   blank   Winogrande: each option fills the blank; the shared rest of the sentence is scored.
+  gold    a worked answer only (GSM8K solutions): scored as bits per byte, no accuracy.
+Every cloze, blank and gold task can also be asked as `NAME:bpb`: only the gold continuation, scored as bits per
+UTF-8 byte (the OLMo/OLMES small-model form), one forward per item. `general-bpb` names the general bpb set.
 A user task is a JSONL file of {"question", "choices", "answer" (index)} scored in the letter style.
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +32,24 @@ class Item:
     contexts: tuple[str, ...]
     continuations: tuple[str, ...]
     answer: int
+    rotation: int = 0  # letter style: the options shifted cyclically by this many places (0: as given)
+
+    @property
+    def gold(self) -> tuple[str, str]:
+        """The (context, continuation) pair of the right answer."""
+        return self.contexts[self.answer], self.continuations[self.answer]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     kind: str  # "domain" or "general"
-    source: str  # "olmo:<hf_datasets path>" or "medmcqa:<split>" / "medqa" (grads.bundled) or a JSONL path
-    style: str  # letter | cloze | blank
+    source: str  # "olmo:<hf_datasets path>", "oe:<task>/<variant>", "medmcqa:<split>" / "medqa", or a JSONL path
+    style: str  # letter | cloze | blank | gold
     context: str = "{question}"  # format string over the document's fields
     choices: tuple[str, ...] | str = "choices"  # a field holding a list, or several fields
     answer: str = "answer"  # field; with answer_rule below
-    answer_rule: str = "index"  # index | int | label_in:<field> | bool | last | int_minus_1
-    metric: str = "acc"  # acc | acc_per_char
+    answer_rule: str = "index"  # index | int | label_in:<field> | bool | last | int_minus_1 | first
+    metric: str = "acc"  # acc | acc_per_char | bpb
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -62,9 +72,13 @@ TASKS: dict[str, TaskSpec] = {
                            ("option1", "option2"), "answer", "int_minus_1"),
     "boolq": TaskSpec("general", "olmo:boolq/none/validation", "cloze", "{passage}\nQuestion: {question}?\nAnswer:",
                       "__yes_no__", "answer", "bool"),
+    "gsm8k": TaskSpec("general", "oe:gsm8k/gold_bpb_5shot", "gold", "Question: {question}\nAnswer:", "choices",
+                      "answer", "first", "bpb"),
 }
 DOMAIN_TASKS = ("medmcqa", "medqa")
 GENERAL_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "boolq")
+GENERAL_BPB_TASKS = ("arc_easy:bpb", "arc_challenge:bpb", "hellaswag:bpb", "piqa:bpb", "sciq:bpb", "gsm8k")
+BPB_SUFFIX = ":bpb"
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -88,6 +102,8 @@ def _answer(doc: dict, spec: TaskSpec, n_choices: int) -> int:
         return int(str(raw).lower() in ("true", "1", "yes"))
     if rule == "last":
         return n_choices - 1
+    if rule == "first":
+        return 0
     if rule.startswith("label_in:"):
         return list(_field(doc, rule.split(":", 1)[1])).index(raw)
     raise ValueError(f"unknown answer rule {rule!r}")
@@ -113,6 +129,8 @@ def _docs(spec: TaskSpec) -> list[dict]:
         return [r for r in bundled.medmcqa_records() if bundled.split_of(r, 20, 10) == rest]
     if kind == "medqa":
         return bundled.medqa_records()
+    if kind == "oe":
+        return bundled.read_task_docs(*rest.split("/"))
     return read_user_task(Path(spec.source))
 
 
@@ -144,20 +162,36 @@ def letter_prompt(question: str, choices: list[str]) -> str:
     return f"{question.strip()}\n{options}"
 
 
-def build_items(spec: TaskSpec, chat: Callable[[str], str] | None) -> list[Item]:
-    """Turn a task's documents into items. `chat` renders a user prompt up to the assistant's turn."""
+def rotations_of(n_choices: int, rotations: int | None) -> int:
+    """How many cyclic rotations a letter question is asked in: all of them (None), or at most `rotations`."""
+    return n_choices if rotations is None else max(1, min(rotations, n_choices))
+
+
+def _letter_items(doc: dict, i: int, chat: Callable[[str], str] | None, rotations: int | None) -> list[Item]:
+    """One item per rotation r: option j shows choice (j + r) mod K, so the right letter moves with r."""
+    choices, answer = [str(c) for c in doc["choices"]], int(doc["answer"])
+    k = len(choices)
+    items = []
+    for r in range(rotations_of(k, rotations)):
+        shown = choices[r:] + choices[:r]
+        prompt = letter_prompt(doc["question"], shown)
+        context = (chat(prompt) if chat else prompt + "\n") + "Answer:"
+        items.append(Item(str(doc.get("id", i)), (context,) * k, tuple(f" {LETTERS[j]}" for j in range(k)),
+                          (answer - r) % k, rotation=r))
+    return items
+
+
+def build_items(spec: TaskSpec, chat: Callable[[str], str] | None, rotations: int | None = 1) -> list[Item]:
+    """Turn a task's documents into items. `chat` renders a user prompt up to the assistant's turn; letter
+    questions are asked in `rotations` cyclic rotations of their options (None: all)."""
     items = []
     for i, doc in enumerate(_docs(spec)):
         if spec.style == "letter":
-            choices = [str(c) for c in doc["choices"]]
-            prompt = letter_prompt(doc["question"], choices)
-            context = (chat(prompt) if chat else prompt + "\n") + "Answer:"
-            items.append(Item(str(doc.get("id", i)), (context,) * len(choices),
-                              tuple(f" {LETTERS[j]}" for j in range(len(choices))), int(doc["answer"])))
+            items += _letter_items(doc, i, chat, rotations)
             continue
         choices = _choices(doc, spec)
         answer = _answer(doc, spec, len(choices))
-        if spec.style == "cloze":
+        if spec.style in ("cloze", "gold"):
             context = spec.context.format(**doc).strip()
             items.append(Item(str(i), (context,) * len(choices), tuple(f" {c.strip()}" for c in choices), answer))
         elif spec.style == "blank":
@@ -173,10 +207,14 @@ def build_items(spec: TaskSpec, chat: Callable[[str], str] | None) -> list[Item]
 def resolve_task(name: str) -> tuple[str, TaskSpec]:
     if name in TASKS:
         return name, TASKS[name]
+    base = name.removesuffix(BPB_SUFFIX)
+    if name.endswith(BPB_SUFFIX) and base in TASKS and TASKS[base].style != "letter":
+        return name, replace(TASKS[base], metric="bpb")
     path = Path(name)
     if path.suffix == ".jsonl":
         return path.stem, TaskSpec("user", str(path), "letter")
-    raise GradsError(f"unknown task {name!r}", hint=f"use {', '.join(TASKS)}, 'domain', 'general', or a .jsonl "
+    raise GradsError(f"unknown task {name!r}", hint=f"use {', '.join(TASKS)} (NAME:bpb for the gold answer's bits "
+                                                     "per byte), 'domain', 'general', 'general-bpb', or a .jsonl "
                                                      "file of question/choices/answer")
 
 
@@ -185,6 +223,7 @@ def expand(names: list[str]) -> list[str]:
     for name in names:
         for part in name.split(","):
             part = part.strip()
-            group = {"domain": DOMAIN_TASKS, "general": GENERAL_TASKS, "all": DOMAIN_TASKS + GENERAL_TASKS}
+            group = {"domain": DOMAIN_TASKS, "general": GENERAL_TASKS, "general-bpb": GENERAL_BPB_TASKS,
+                     "all": DOMAIN_TASKS + GENERAL_TASKS}
             out += list(group.get(part, (part,)))
     return list(dict.fromkeys(p for p in out if p))
