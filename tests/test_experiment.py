@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,42 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
         main(["experiment", str(wrong), "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "warmup_from" in err and "other model, data" in err
+
+
+def test_arms_carry_their_modifiers_through_the_plan():
+    cfg = ExperimentConfig(methods=("random", "grads", "grads@theta0", "random@full-steps"), ratios=(0.05,),
+                           seeds=(0,), warmup_epochs=1)
+    assert planned_runs(cfg) == [("full", None, 0), ("random", 0.05, 0), ("grads", 0.05, 0),
+                                 ("grads@theta0", 0.05, 0), ("random@full-steps", 0.05, 0)]
+    assert cfg.selected_methods() == ("random", "grads") and cfg.selected_methods(theta0=True) == ("grads",)
+    only = ExperimentConfig(methods=("random", "random@full-steps"), ratios=(0.05, 0.5), seeds=(0,),
+                            arm_ratios={"random@full-steps": (0.05,)}, include_full=False)
+    assert planned_runs(only) == [("random", 0.05, 0), ("random@full-steps", 0.05, 0), ("random", 0.5, 0)]
+    assert cfg.select_job(Path("p.jsonl"), Path("o"), theta0=True).select.warmup_epochs == 0
+    from grads.errors import GradsError
+
+    with pytest.raises(GradsError, match="unknown arm modifier"):
+        ExperimentConfig(methods=("grads@theta1",))
+    with pytest.raises(GradsError, match="unknown method"):
+        ExperimentConfig(methods=("best@theta0",))
+
+
+def test_full_steps_are_one_full_pool_run_of_the_recipe():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from grads.experiment import full_pool_steps
+
+    pool = SimpleNamespace(n_target_tokens=np.array([3] * 1199 + [0]))  # one example has no answer token
+    assert full_pool_steps(ExperimentConfig(train={"batch_size": 8}), pool) == 150  # ceil(1199 / 8)
+    assert full_pool_steps(ExperimentConfig(train={"batch_size": 8, "epochs": 2, "grad_accum": 2}), pool) == 150
+    assert full_pool_steps(ExperimentConfig(train={"batch_size": 8, "max_steps": 38}), pool) == 38
+
+
+def test_detectable_difference_is_the_paired_t_formula():
+    from grads.summary import detectable_difference
+
+    # t(0.975, 4) = 2.7764, t(0.80, 4) = 0.9410 (t tables): (2.7764 + 0.9410) · 0.01 / √5
+    assert detectable_difference(0.01, 5) == pytest.approx((2.776445 + 0.940965) * 0.01 / 5 ** 0.5, rel=1e-5)
+    assert detectable_difference(0.01, 10) < detectable_difference(0.01, 5)

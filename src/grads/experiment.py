@@ -4,8 +4,11 @@
     → fine-tune θ0 on each subset (and on the full pool) per seed → evaluate each → summary.md/.csv + plot
 
 Every finished run is a file (DIR/runs/<run>/results.json); a rerun skips them, so a long grid can be finished
-over several sittings. G (domain gain) and F (forgetting) follow docs/method.md:
-    G = mean domain accuracy − the base model's;  F = mean over general tasks of (base − fine-tuned accuracy).
+over several sittings. A method may carry arm modifiers: `grads@theta0` selects with the same rule on scores of
+the base model (a second selection in DIR/select-theta0, no warm-up) when the experiment warms up;
+`random@full-steps` trains for the optimizer steps of one run on the full pool (equal compute) instead of the
+recipe's epochs. Arms are compared like methods: seed-paired, against `random` of the same ratio and `full`.
+The figures (G_bpb, F_bpb, G_acc, F_acc, G_val) and their intervals are grads.summary's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from grads import atomic
 from grads.config import (
@@ -40,6 +43,15 @@ from grads.summary import load_runs, write_summary
 __all__ = ["EvalConfig", "ExperimentConfig", "load_runs", "run_experiment", "write_summary"]
 
 
+MODIFIERS = ("theta0", "full-steps")
+
+
+def split_arm(arm: str) -> tuple[str, tuple[str, ...]]:
+    """'grads@theta0@full-steps' -> ('grads', ('theta0', 'full-steps'))."""
+    method, *modifiers = arm.split("@")
+    return method, tuple(modifiers)
+
+
 class ExperimentConfig(StageConfig):
     """One experiment. Its flat fields are the stage configs' own (`like`: same type, constraints and help), with
     experiment defaults where they differ; `select_job`, `train_job` and `eval_job` build the stage jobs."""
@@ -50,6 +62,8 @@ class ExperimentConfig(StageConfig):
     max_length: int = like(DataConfig, "max_length", default=256)
     methods: tuple[str, ...] = like(SelectConfig, "methods", default=("random", "grads", "grads-high", "gradnorm"))
     ratios: tuple[float, ...] = like(SelectConfig, "ratios", default=(0.05, 0.25, 0.5))
+    arm_ratios: dict[str, tuple[float, ...]] = added({}, "0.3", description="ratios of particular methods (arms), "
+                                                     "instead of `ratios`: e.g. {random@full-steps: [0.05]}")
     seeds: tuple[int, ...] = Field((0, 1, 2), description="one fine-tune per method, ratio and seed")
     include_full: bool = Field(True, description="also fine-tune on the whole pool, once per seed")
     selection_signal: str = like(SelectConfig, "signal")
@@ -66,27 +80,47 @@ class ExperimentConfig(StageConfig):
     order: Literal["by-seed", "by-method"] = Field("by-seed", description="run the grid seed by seed, or method "
                                                   "by method")
 
+    @field_validator("methods")
+    @classmethod
+    def _known_arms(cls, arms: tuple[str, ...]) -> tuple[str, ...]:
+        from grads.selection import check_methods
+
+        check_methods([split_arm(a)[0] for a in arms])  # GradsError (pydantic passes it through)
+        unknown = [m for a in arms for m in split_arm(a)[1] if m not in MODIFIERS]
+        if unknown:
+            raise GradsError(f"unknown arm modifier(s) {', '.join(unknown)}", hint=f"use: {', '.join(MODIFIERS)}")
+        return arms
+
+    def selected_methods(self, theta0: bool = False) -> tuple[str, ...]:
+        """The rules the shared selection (or, theta0, the selection at the base model) must apply."""
+        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods
+                                   if ("theta0" in split_arm(a)[1]) == theta0))
+
     def stage_model(self, model: str | None = None) -> ModelConfig:
         return ModelConfig(model=model or self.model, dtype=self.dtype, device=self.device)
 
     def signal_config(self) -> SignalConfig:
         return SignalConfig(signal=self.selection_signal)
 
-    def select_job(self, pool_path: Path, out: Path) -> SelectJob:
-        """The one shared selection (seed 0; the random baseline re-draws per seed in the runs)."""
+    def select_job(self, pool_path: Path, out: Path, theta0: bool = False) -> SelectJob:
+        """The one shared selection (seed 0; the random baseline re-draws per seed in the runs); theta0: the
+        selection of the @theta0 arms, at the base model."""
         return SelectJob(model=self.stage_model(), data=DataConfig(data=pool_path, max_length=self.max_length,
                                                                     limit=self.pool_limit),
                          score=ScoreConfig(batch_size=self.score_batch_size), train=self.train,
-                         select=SelectConfig(methods=tuple(dict.fromkeys(self.methods)) or ("grads",),
-                                             ratios=self.ratios, seed=0, warmup_epochs=self.warmup_epochs,
+                         select=SelectConfig(methods=self.selected_methods(theta0) or ("grads",),
+                                             ratios=self.ratios, seed=0,
+                                             warmup_epochs=0.0 if theta0 else self.warmup_epochs,
                                              warmup_fraction=self.warmup_fraction, signal=self.selection_signal),
                          out=out)
 
-    def train_job(self, run_dir: Path, seed: int) -> TrainJob:
-        """A fine-tune of the base model on the run's train.jsonl (the chosen pool rows, verbatim)."""
+    def train_job(self, run_dir: Path, seed: int, max_steps: int | None = None) -> TrainJob:
+        """A fine-tune of the base model on the run's train.jsonl (the chosen pool rows, verbatim); max_steps
+        overrides the recipe's length (the @full-steps arms)."""
+        recipe = self.train.model_copy(update={"seed": seed, **({"max_steps": max_steps} if max_steps else {})})
         return TrainJob(model=self.stage_model(), data=DataConfig(data=run_dir / "train.jsonl",
                                                                    max_length=self.max_length),
-                        train=self.train.model_copy(update={"seed": seed}), out=run_dir)
+                        train=recipe, out=run_dir)
 
     def eval_job(self, model: str, out: Path, folder: Path) -> EvalJob:
         """The evaluation of `model` (the experiment in `folder`: '{out}' in held-out paths stands for it)."""
@@ -125,12 +159,16 @@ def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
     runs once per seed with ratio None."""
     from grads.selection import RULES
 
+    def takes_ratio(arm: str) -> bool:
+        return RULES[split_arm(arm)[0]].takes_ratio
+
     runs = []
     for seed in cfg.seeds:
-        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if not RULES[m].takes_ratio]
+        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if not takes_ratio(m)]
         runs += [(method, None, seed) for method in dict.fromkeys(free)]
-        for ratio in cfg.ratios:
-            runs += [(method, ratio, seed) for method in cfg.methods if RULES[method].takes_ratio]
+        for ratio in sorted({r for m in cfg.methods for r in cfg.arm_ratios.get(m, cfg.ratios)}):
+            runs += [(method, ratio, seed) for method in cfg.methods
+                     if takes_ratio(method) and ratio in cfg.arm_ratios.get(method, cfg.ratios)]
     if cfg.order == "by-method":
         runs.sort(key=lambda r: (r[0], r[1] or 1.0, r[2]))
     return runs
@@ -164,24 +202,36 @@ def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
     return out / "data" / "pool.jsonl"
 
 
-def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frame, rows, pool, tokenizer,
-               log) -> None:
-    """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json."""
+def full_pool_steps(cfg: ExperimentConfig, pool) -> int:
+    """Optimizer steps of one run on the full pool (the examples with an answer token) with the recipe."""
+    import math
+
+    per_epoch = math.ceil(int((pool.n_target_tokens > 0).sum()) / cfg.train.batch_size)
+    return cfg.train.max_steps or math.ceil(per_epoch * cfg.train.epochs / cfg.train.grad_accum)
+
+
+def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frames: dict, rows, pool,
+               tokenizer, log) -> None:
+    """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json.
+    frames: the score tables, by whether they were scored at θ0 for the @theta0 arms."""
     from grads.selection import select
     from grads.training import run_train, training_record
 
-    method, ratio, seed = run
-    name = run_name(method, ratio, seed)
+    arm, ratio, seed = run
+    method, modifiers = split_arm(arm)
+    frame = frames["theta0" in modifiers]
+    name = run_name(arm, ratio, seed)
     run_dir = out / "runs" / name
     picked = select(frame, method, ratio, seed, cfg.signal_config())
     rows.write(run_dir / "train.jsonl", picked)
     log(f"{name}: fine-tuning on {len(picked)} examples")
-    model_dir = run_train(cfg.train_job(run_dir, seed), pool.subset(picked), tokenizer, progress=False)
+    steps = full_pool_steps(cfg, pool) if "full-steps" in modifiers else None
+    model_dir = run_train(cfg.train_job(run_dir, seed, steps), pool.subset(picked), tokenizer, progress=False)
     done_train = training_record(model_dir)
     log(f"{name}: evaluating")
     result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, out, log)
     atomic.write_json(run_dir / "results.json", {
-        "run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
+        "run": name, "method": arm, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
         "train_answer_tokens": int(frame["n_target_tokens"].iloc[picked].sum()), "train_steps": done_train["steps"],
         "train_seconds": done_train.get("seconds"), "tasks": result["tasks"], "heldout": result.get("heldout", {}),
         "train_loss": done_train["train_loss"]})
@@ -205,14 +255,18 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
     base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, out, log)
     tokenizer = load_tokenizer(cfg.model)
     pool = tokenized(scan_pool(pool_path, None, cfg.pool_limit), tokenizer, cfg.pool_limit, cfg.max_length)
-    if cfg.methods:
+    # only the full pool (a pilot): nothing to select, so no warm-up and no scoring
+    frames = {False: pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows,
+                                   "n_target_tokens": pool.n_target_tokens, "status": "ok"})}
+    if cfg.selected_methods():
         if cfg.warmup_from:
             adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
         run_select(select_job, log=log)
-        frame = load_scores(out / "select")
-    else:  # only the full pool (a pilot): nothing to select, so no warm-up and no scoring
-        frame = pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows, "n_target_tokens": pool.n_target_tokens,
-                              "status": "ok"})
+        frames[False] = load_scores(out / "select")
+    if cfg.selected_methods(theta0=True):
+        log("the @theta0 arms: selecting at the base model")
+        run_select(cfg.select_job(pool_path, out / "select-theta0", theta0=True), log=log)
+        frames[True] = load_scores(out / "select-theta0")
     rows = raw_rows(pool_path, cfg.pool_limit)
     done = 0
     for run in planned_runs(cfg):
@@ -220,7 +274,7 @@ def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs
             continue
         if max_runs is not None and done >= max_runs:
             break
-        _fine_tune(cfg, run, out, frame, rows, pool, tokenizer, log)
+        _fine_tune(cfg, run, out, frames, rows, pool, tokenizer, log)
         done += 1
         write_summary(out, cfg, base)
     write_summary(out, cfg, base)

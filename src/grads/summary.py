@@ -64,6 +64,14 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return mean - half, mean + half
 
 
+def detectable_difference(sd_difference: float, n_seeds: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference a two-sided paired t test over `n_seeds` finds with probability
+    `power` at level `alpha`, when one seed's difference has standard deviation `sd_difference`:
+        (t(1 − α/2, n−1) + t(power, n−1)) · sd / √n      (the usual normal-approximation form, with t quantiles)"""
+    df = n_seeds - 1
+    return (student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * sd_difference / math.sqrt(n_seeds)
+
+
 def _groups(results: list[dict]) -> list[tuple[tuple[str, float | None], list[dict]]]:
     groups: dict[tuple[str, float | None], list[dict]] = {}
     for r in results:
