@@ -143,7 +143,7 @@ def test_empty_and_non_utf8_files(tmp_path):
 
 def test_forced_format_must_exist(tmp_path):
     with pytest.raises(GradsError, match="unknown format"):
-        load_pool(write_jsonl(tmp_path / "p.jsonl", [PC]), fmt="sharegpt")
+        load_pool(write_jsonl(tmp_path / "p.jsonl", [PC]), fmt="vicuna")
 
 
 def test_example_equality_is_by_value():

@@ -77,7 +77,9 @@ def visible_files(folder: Path) -> dict[str, bytes]:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if p.is_file() or p.is_dir()]
+    """Temporary files and folders left behind; a killed run's unlocked `.grads.lock` is not one (the next run
+    takes it over, tests/test_outputs.py)."""
+    return [p for p in folder.rglob(".*") if (p.is_file() or p.is_dir()) and p.name != atomic.LOCK_NAME]
 
 
 # ------------------------------------------------------------------------------------------------ bad input

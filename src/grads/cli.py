@@ -48,7 +48,7 @@ def _choices(registry: dict) -> str:
 ModelOpt = Annotated[str, opt(ModelConfig, "model", "--model", "-m", extra=" (built-in: smollm2-135m-instruct)")]
 DataOpt = Annotated[Path, opt(DataConfig, "data", "--data", "-d")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
-FormatOpt = Annotated[str | None, opt(DataConfig, "format", "--format", extra=" (chat | prompt-completion | alpaca)")]
+FormatOpt = Annotated[str | None, opt(DataConfig, "format", "--format")]
 MaxLenOpt = Annotated[int, opt(DataConfig, "max_length", "--max-length")]
 LimitOpt = Annotated[int | None, opt(DataConfig, "limit", "--limit")]
 DtypeOpt = Annotated[str, opt(ModelConfig, "dtype", "--dtype")]

@@ -77,8 +77,10 @@ class ModelConfig(StageConfig):
 
 
 class DataConfig(StageConfig):
-    data: Path = Field(description=".jsonl, .json, .parquet or a datasets save_to_disk folder")
-    format: Literal["chat", "prompt-completion", "alpaca"] | None = Field(None, description="None = auto-detect")
+    data: Path = Field(description=".jsonl, .json (also .gz/.zst), .parquet, a datasets save_to_disk folder, or a "
+                       "cached hub dataset OWNER/NAME[:SPLIT]")
+    format: Literal["chat", "prompt-completion", "alpaca", "sharegpt"] | None = Field(
+        None, description="chat | prompt-completion | alpaca | sharegpt (default: detected from the first record)")
     max_length: int = Field(512, gt=8, description="tokens per example; longer prompts are cut from the left")
     limit: int | None = Field(None, gt=0, description="use only the first N records")
 

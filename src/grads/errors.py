@@ -8,6 +8,14 @@ EXIT_USAGE = 2
 RECORD_NUMBERED = (".json", ".parquet")  # inputs (and save_to_disk folders) whose errors count records, not lines
 
 
+def _numbers_records(path: Path) -> bool:
+    """Whether errors in this input count records rather than lines: .json and .parquet (also compressed), a
+    save_to_disk folder, and a dataset named by its hub id (no such local path, OWNER/NAME[:SPLIT])."""
+    suffix = path.with_suffix("").suffix if path.suffix in (".gz", ".zst") else path.suffix
+    hub_id = not path.exists() and len(path.parts) == 2 and not path.suffix
+    return suffix in RECORD_NUMBERED or path.is_dir() or hub_id
+
+
 class GradsError(Exception):
     """A user-fixable problem: names the file, the line (or record) and what to do."""
 
@@ -24,7 +32,7 @@ class GradsError(Exception):
         if self.path is not None:
             where = f"{self.path}: "
             if self.line is not None:
-                by_record = Path(self.path).suffix in RECORD_NUMBERED or Path(self.path).is_dir()
+                by_record = _numbers_records(Path(self.path))
                 where = f"{self.path}: record {self.line}: " if by_record else f"{self.path}:{self.line}: "
         text = f"{where}{self.message}"
         if self.hint:

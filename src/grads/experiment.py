@@ -240,14 +240,18 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
 def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs: int | None = None) -> Path:
     """Compose the stages: base evaluation, `grads select` (shared), then per run a fine-tune and its evaluation;
     the summary is rewritten after every run, so a long grid can be read while it runs."""
+    cfg = load_config(config_path)
+    with atomic.folder_lock(out):
+        return _run(cfg, Path(out), log, max_runs)
+
+
+def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
     from grads.data import raw_rows, scan_pool
     from grads.models import load_tokenizer
     from grads.pipeline import adopt_upstream, run_select
     from grads.subsets import load_scores
     from grads.token_cache import tokenized
 
-    cfg = load_config(config_path)
-    out = Path(out)
     _claim(out, cfg)
     pool_path = _pool_path(cfg, out)
     select_job = cfg.select_job(pool_path, out / "select")  # checks methods and ratios before any model loads

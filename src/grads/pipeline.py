@@ -49,17 +49,25 @@ class _Timings:
 
 def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     """Warm-up (if asked), scoring, the extra columns the rules need, selection and report; returns the summary
-    written to OUT/selection.json ({} on ranks other than 0 under a launcher)."""
-    from grads import distributed, models
+    written to OUT/selection.json ({} on ranks other than 0 under a launcher). Bad input stops before the output
+    folder is made; then the folder is this process's alone until it returns (atomic.folder_lock)."""
+    from grads import distributed
     from grads.data import scan_pool
+
+    distributed.init()  # under torchrun / accelerate launch: warm-up data parallel, scoring sharded, rest on rank 0
+    info = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
+    with atomic.folder_lock(job.out):
+        return _select(job, info, progress, log)
+
+
+def _select(job: SelectJob, info, progress: bool, log) -> dict:
+    from grads import distributed, models
     from grads.report import run_report
     from grads.scoring import add_columns, finished, run_score
     from grads.subsets import needed_columns, run_selection
     from grads.token_cache import tokenized
     from grads.warmup import run_warmup
 
-    distributed.init()  # under torchrun / accelerate launch: warm-up data parallel, scoring sharded, rest on rank 0
-    info = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
     out, sel = Path(job.out), job.select
     plan = warmup_plan(job, info.sha256)
     atomic.owned_by(out / "selection.json", plan.score_fingerprint, REFUSAL, key="score_fingerprint", path=out,

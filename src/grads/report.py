@@ -1,8 +1,9 @@
 """report.html: a self-contained page (plots embedded, opens offline) with PNG copies in OUT/plots/.
 
-Shows the combined signal's histogram and KDE with each ratio's selected region shaded, the embedding-vs-head
-scatter coloured by selection, the signal against answer length with its correlation, the excluded examples
-and why, the overlap between methods, and the most and least representative examples (all text escaped).
+Shows the combined signal's histogram and KDE with each ratio's selected region shaded (or, when the signal has
+no spread, says that its density is flat), the embedding-vs-head scatter coloured by selection, the signal against
+answer length with its correlation, the excluded examples and why, the overlap between methods, and the most and
+least representative examples (all text escaped).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scipy.stats import pearsonr, spearmanr  # noqa: E402
 from grads import atomic  # noqa: E402
 from grads.config import SignalConfig  # noqa: E402
 from grads.kde import kde_exact  # noqa: E402
-from grads.selection import RULES  # noqa: E402
+from grads.selection import RULES, no_spread  # noqa: E402
 
 COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -153,6 +154,12 @@ def _visible(text: str) -> str:
                         text)
 
 
+FLAT_DENSITY = ("The density is flat: the signal has no spread (every eligible example has the same gradient "
+                "norms, up to rounding), so every example is equally representative. Density rules (grads and its "
+                "variants) therefore keep an arbitrary but deterministic subset, chosen by the hash of the example "
+                "id (the tie-break).")
+
+
 def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: SignalConfig,
                  rows: list[str] | None = None) -> Path:
     out_dir = Path(out_dir)
@@ -161,7 +168,11 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: S
     corr = length_correlation(frame)
     sections = []
     if ok.sum() >= 2:
-        sections.append(_img(plot_signal(frame, summary, plots / "signal_kde.png"), "signal and KDE"))
+        if no_spread(frame.loc[ok, "combined"].to_numpy()):  # a KDE of one repeated value would only mislead
+            (plots / "signal_kde.png").unlink(missing_ok=True)  # an earlier run's plot no longer applies
+            sections.append(f"<p>{html.escape(FLAT_DENSITY)}</p>")
+        else:
+            sections.append(_img(plot_signal(frame, summary, plots / "signal_kde.png"), "signal and KDE"))
         sections.append(_img(plot_scatter(frame, summary, plots / "emb_vs_head.png"), "embedding vs head"))
         sections.append(_img(plot_length(frame, corr, plots / "signal_vs_length.png"), "signal vs length"))
     counts = summary["status_counts"]

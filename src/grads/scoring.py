@@ -193,12 +193,19 @@ def run_score(job: ScoreJob, fingerprint: str | None = None, model=None, tokeniz
     model: its fingerprint names the warm-up's settings). model, tokenizer, pool, info (the pool's PoolInfo):
     already loaded (validated) by the caller.
     """
-    from grads import __version__, models
     from grads.data import scan_pool
-    from grads.token_cache import tokenized
 
     distributed.init()
     info = info or scan_pool(job.data.data, job.data.format, job.data.limit)
+    with atomic.folder_lock(job.out):  # inside `grads select` this is OUT/score, which no other process holds
+        return _score(job, info, fingerprint, model, tokenizer, pool, progress)
+
+
+def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool: TokenizedPool | None,
+           progress: bool) -> Path:
+    from grads import __version__, models
+    from grads.token_cache import tokenized
+
     out_dir = Path(job.out)
     fingerprint = fingerprint or job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=info.sha256)
     if finished(out_dir, fingerprint):

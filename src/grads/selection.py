@@ -30,17 +30,36 @@ def eligible(table: pd.DataFrame) -> np.ndarray:
     return (table["status"] == "ok").to_numpy()
 
 
+SPREAD_RTOL = 1e-12  # a spread this small relative to the values' magnitude is floating-point rounding, not data
+
+
+def negligible(spread: float, x: np.ndarray) -> bool:
+    """True when `spread` of the values `x` is zero up to their rounding (or is NaN): equal values give a std of
+    ~1e-17 rather than 0, and dividing by it would turn rounding noise into z-scores of ±1."""
+    scale = max(float(np.max(np.abs(x))) if len(x) else 0.0, np.finfo(np.float64).tiny)
+    return not spread > SPREAD_RTOL * scale
+
+
+def no_spread(x: np.ndarray) -> bool:
+    """True when the values are all equal up to floating-point rounding (a flat signal: no density to speak of)."""
+    x = np.asarray(x, dtype=np.float64)
+    return len(x) == 0 or negligible(float(np.ptp(x)), x)
+
+
 def _z(x: np.ndarray, robust: bool = False) -> np.ndarray:
+    """Standardised x; all zeros when x has no spread (up to rounding), in either branch."""
     if robust:
         center = np.median(x)
         spread = 1.4826 * np.median(np.abs(x - center))  # MAD scaled to σ for normal data
     else:
         center, spread = x.mean(), x.std()
-    return (x - center) / spread if spread > 0 else np.zeros_like(x)
+    return np.zeros_like(x) if negligible(spread, x) else (x - center) / spread
 
 
 def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """y with its least-squares linear dependence on x removed."""
+    if no_spread(y):
+        return np.zeros_like(y)  # the fit's residual would be rounding noise, which _z would blow up
     if np.ptp(x) == 0:
         return y - y.mean()
     slope, intercept = np.polyfit(x, y, 1)

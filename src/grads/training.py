@@ -168,4 +168,5 @@ def run_train(job: TrainJob, pool: TokenizedPool | None = None, tokenizer=None, 
         tokenizer = load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
     if pool is None:
         pool = tokenized(info, tokenizer, job.data.limit, job.data.max_length)
-    return train_sft(job.model, tokenizer, pool, job.out, job.train, job.fingerprint_for(info.sha256), progress)
+    with atomic.folder_lock(job.out):
+        return train_sft(job.model, tokenizer, pool, job.out, job.train, job.fingerprint_for(info.sha256), progress)

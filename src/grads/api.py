@@ -1,0 +1,165 @@
+"""The Python API: `grads.score` and `grads.select` on in-memory data or files, with a model name or a loaded model.
+
+    import grads
+    sel = grads.select("pool.jsonl", "smollm2-135m-instruct", ratio=0.05)    # or a datasets.Dataset, a list of dicts
+    sel.dataset      # datasets.Dataset: the chosen rows, verbatim, in input order (ready for TRL's SFTTrainer)
+    sel.scores       # pandas.DataFrame: scores.parquet's columns, `combined` and `density`
+    sel.ratio        # the ratio used (for grads-auto, the one it chose)
+    sel.save("runs/sel")   # the files `grads select` writes: scores.parquet, selected/, selection.json, report.html
+
+These call the very stage entry points the CLI calls (grads.pipeline.run_select, grads.scoring.run_score); data
+given in memory is written once as JSONL into the run's folder, and a loaded model is passed to scoring as it is
+(or saved once into the run's folder when a warm-up must fine-tune it). Settings are the config fields by name
+(`grads.config`): batch_size, max_length, limit, format, dtype, device, warmup_epochs, warmup_fraction, seed,
+signal, bandwidth, lora, learning_rate, epochs, ...; an unknown name is a TypeError listing the known ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from grads.config import DataConfig, ModelConfig, ScoreConfig, ScoreJob, SelectConfig, SelectJob, TrainConfig
+
+# settings that several stages share: the CLI gives them one option too (--batch-size, --seed)
+_SHARED = {"batch_size": (ScoreConfig, TrainConfig), "seed": (SelectConfig,)}
+_STAGES = (ModelConfig, DataConfig, ScoreConfig, TrainConfig, SelectConfig)
+
+
+def _split(settings: dict[str, Any]) -> dict[type, dict[str, Any]]:
+    """The keyword settings, by the config that owns each (a shared name goes to every owner)."""
+    known = {name for cfg in _STAGES for name in cfg.model_fields} - {"model", "data", "methods", "ratios"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    by_stage: dict[type, dict[str, Any]] = {cfg: {} for cfg in _STAGES}
+    for name, value in settings.items():
+        owners = _SHARED.get(name) or [cfg for cfg in _STAGES if name in cfg.model_fields]
+        for cfg in owners:
+            by_stage[cfg][name] = value
+    return by_stage
+
+
+def _data_file(data, folder: Path) -> Path:
+    """A path as it is; a datasets.Dataset (or a DatasetDict's train split) or a list of dicts as OUT/input.jsonl."""
+    if isinstance(data, str | Path):
+        return Path(data)
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise ValueError(f"the DatasetDict holds splits {list(data)} and none is 'train': pass one split")
+        data = data["train"]
+    records = data.to_list() if isinstance(data, datasets.Dataset) else list(data)
+    path = folder / "input.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def _model_name(model, tokenizer, folder: Path, need_folder: bool) -> str:
+    """The --model string for `model`: a name as it is; a loaded model, saved once with its tokenizer into
+    OUT/model when a stage must load it itself (a warm-up fine-tunes from it)."""
+    if isinstance(model, str | Path):
+        return str(model)
+    if tokenizer is None:
+        raise ValueError("a loaded model needs its tokenizer: grads.select(data, model, tokenizer=tokenizer, ...)")
+    if not need_folder:
+        return getattr(model, "name_or_path", "") or "in-memory model"
+    target = folder / "model"
+    if not (target / "config.json").exists():
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def score(data, model, *, tokenizer=None, out: str | Path | None = None, progress: bool = False,
+          **settings) -> pd.DataFrame:
+    """Per-example loss and exact gradient norms: the rows of `grads score`'s scores.parquet, in input order.
+    `out`: keep the run's folder there (resumable); by default a temporary folder is used and removed."""
+    from grads.scoring import run_score
+
+    work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-score-"))
+    try:
+        stage = _split(settings)
+        loaded = not isinstance(model, str | Path)
+        job = ScoreJob(model=ModelConfig(model=_model_name(model, tokenizer, work, False), **stage[ModelConfig]),
+                       data=DataConfig(data=_data_file(data, work), **stage[DataConfig]),
+                       score=ScoreConfig(**stage[ScoreConfig]), out=work / "score")
+        path = run_score(job, model=model if loaded else None, tokenizer=tokenizer, progress=progress)
+        return pd.read_parquet(path)
+    finally:
+        if out is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Selection:
+    """One method's subset at one ratio, with the scores it was chosen from."""
+
+    dataset: Any  # datasets.Dataset
+    scores: pd.DataFrame
+    ratio: float
+    method: str
+    folder: Path = field(repr=False)  # the run's folder: what save() copies
+    summary: dict = field(repr=False, default_factory=dict)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the files `grads select` writes (scores.parquet, selected/, selection.json, report.html,
+        plots/) into `out`; returns it."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("scores.parquet", "selection.json", "report.html", "timings.json"):
+            if (self.folder / name).exists():
+                shutil.copy2(self.folder / name, out / name)
+        for folder in ("selected", "plots"):
+            if (self.folder / folder).exists():
+                shutil.copytree(self.folder / folder, out / folder, dirs_exist_ok=True)
+        return out
+
+
+def select(data, model, ratio: float | None = 0.05, method: str = "grads", *, tokenizer=None,
+           out: str | Path | None = None, progress: bool = False, log=None, **settings) -> Selection:
+    """`grads select` for one method and ratio (a method that chooses its own budget, as grads-auto, ignores
+    `ratio`). `out`: the run's folder (kept; a rerun reuses its warm-up and scores); by default a new temporary
+    folder, which `.save()` copies from and which is left for the system to clean."""
+    from grads.pipeline import run_select
+    from grads.selection import RULES, output_name
+
+    work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-select-"))
+    stage = _split(settings)
+    takes_ratio = RULES[method].takes_ratio if method in RULES else True
+    select_cfg = SelectConfig(methods=(method,), ratios=(ratio,) if takes_ratio else (), **stage[SelectConfig])
+    job = SelectJob(model=ModelConfig(model=_model_name(model, tokenizer, work, True), **stage[ModelConfig]),
+                    data=DataConfig(data=_data_file(data, work / "input"), **stage[DataConfig]),
+                    score=ScoreConfig(**stage[ScoreConfig]), train=TrainConfig(**stage[TrainConfig]),
+                    select=select_cfg, out=work / "select")
+    summary = run_select(job, progress=progress, log=log or (lambda message: None))
+    entry = summary["outputs"][output_name(method, ratio if takes_ratio else None)]
+    scores = pd.read_parquet(work / "select" / "scores.parquet")
+    chosen = set(entry["ids"])
+    rows = [i for i, ident in enumerate(scores["id"]) if ident in chosen]
+    return Selection(dataset=_rows_dataset(data, job.data.data, rows, job.data.limit), scores=scores,
+                     ratio=entry["ratio"], method=method, folder=work / "select", summary=summary)
+
+
+def _rows_dataset(data, path: Path, rows: list[int], limit: int | None):
+    """The chosen rows as a datasets.Dataset, verbatim and in input order: from the caller's own Dataset when one
+    was given, else read back from the input's records."""
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        data = data["train"]
+    if isinstance(data, datasets.Dataset):
+        return data.select(rows)
+    from grads.data import raw_rows
+
+    lines = raw_rows(path, limit)
+    return datasets.Dataset.from_list([json.loads(lines[i]) for i in rows])

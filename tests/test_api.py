@@ -1,0 +1,94 @@
+"""The Python API against the CLI on the same inputs: the same rows, the same scores, the same files."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+import grads
+from grads.cli import app
+
+RECORDS = [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {3 * i}?",
+            "completion": f"Answer: {4 * i}." + " Because." * (i % 5)} for i in range(20)]
+SETTINGS = {"warmup_epochs": 0, "max_length": 64, "batch_size": 4}
+
+
+def cli_select(tmp_path, model_dir, method="grads", ratio="0.25"):
+    pool = write_jsonl(tmp_path / "pool.jsonl", RECORDS)
+    out = tmp_path / "cli"
+    args = ["select", "--model", str(model_dir), "--data", str(pool), "--out", str(out), "--method", method,
+            "--warmup-epochs", "0", "--max-length", "64", "--batch-size", "4", "--quiet"]
+    result = CliRunner().invoke(app, args + (["--ratio", ratio] if ratio else []), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_select_on_a_list_of_dicts_chooses_what_the_cli_chooses(tmp_path, tiny_model_dir):
+    cli = cli_select(tmp_path, tiny_model_dir)
+    chosen = json.loads((cli / "selection.json").read_text())["outputs"]["grads-0.25.jsonl"]["ids"]
+    sel = grads.select(RECORDS, str(tiny_model_dir), ratio=0.25, **SETTINGS)
+    assert isinstance(sel.dataset, datasets.Dataset) and sel.ratio == 0.25 and sel.method == "grads"
+    assert sel.dataset["id"] == chosen and len(chosen) == 5  # ⌈0.25 · 20⌉, in input order
+    assert sel.dataset.to_list() == [r for r in RECORDS if r["id"] in set(chosen)]  # verbatim
+    assert {"combined", "density", "emb_grad_norm", "head_grad_norm"} <= set(sel.scores.columns)
+    assert sel.scores["id"].tolist() == [r["id"] for r in RECORDS]
+    saved = sel.save(tmp_path / "saved")
+    for name in ["scores.parquet", "selected/grads-0.25.jsonl"]:
+        assert (saved / name).read_bytes() == (cli / name).read_bytes(), name
+    assert (saved / "report.html").exists()
+
+
+def test_a_datasets_split_comes_back_as_its_own_rows(tmp_path, tiny_model_dir):
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS)})
+    sel = grads.select(ds, str(tiny_model_dir), ratio=0.5, method="random", **SETTINGS)
+    expected = grads.select(RECORDS, str(tiny_model_dir), ratio=0.5, method="random", **SETTINGS)
+    assert sel.dataset["id"] == expected.dataset["id"] and len(sel.dataset) == 10
+    assert sel.dataset.to_list() == ds["train"].select(
+        [i for i, r in enumerate(RECORDS) if r["id"] in set(expected.dataset["id"])]).to_list()
+
+
+def test_grads_auto_reports_the_ratio_it_chose(tmp_path, tiny_model_dir):
+    sel = grads.select(RECORDS, str(tiny_model_dir), method="grads-auto", **SETTINGS)
+    assert 0 < sel.ratio <= 1 and len(sel.dataset) == round(sel.ratio * 20)
+    assert "knee" in sel.summary["outputs"]["grads-auto.jsonl"]["rule"]
+
+
+def test_score_with_a_loaded_model_equals_score_by_name(tiny_model_dir):
+    from grads.models import load_model, load_tokenizer
+
+    by_name = grads.score(RECORDS, str(tiny_model_dir), max_length=64, batch_size=4)
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    loaded = grads.score(RECORDS, model, tokenizer=tokenizer, max_length=64, batch_size=4)
+    assert loaded["id"].tolist() == [r["id"] for r in RECORDS]
+    for column in ["loss", "emb_grad_norm", "head_grad_norm"]:
+        assert loaded[column].tolist() == pytest.approx(by_name[column].tolist(), rel=1e-6), column
+
+
+def test_unknown_settings_and_a_model_without_its_tokenizer_are_refused(tiny_model_dir):
+    with pytest.raises(TypeError, match="unknown setting.*batchsize"):
+        grads.select(RECORDS, str(tiny_model_dir), batchsize=4)
+    from grads.models import load_model
+
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        grads.score(RECORDS, load_model(str(tiny_model_dir)))
+
+
+def test_a_selection_trains_with_trl(tmp_path, tiny_model_dir):
+    """docs/python-api.md's example on the tiny model: the chosen rows go straight into TRL's SFTTrainer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    pool = datasets.Dataset.from_list(RECORDS)
+    sel = grads.select(pool, str(tiny_model_dir), ratio=0.5, **SETTINGS)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=sel.dataset,
+                         args=SFTConfig(output_dir=str(tmp_path / "ft"), max_steps=2, per_device_train_batch_size=4,
+                                        completion_only_loss=True, report_to=[], use_cpu=True, save_strategy="no",
+                                        max_length=64))
+    result = trainer.train()
+    assert trainer.state.global_step == 2 and result.training_loss > 0

@@ -1,0 +1,43 @@
+"""Smoke tests of the scripts under scripts/ on hand-made experiment folders (the numbers checked by hand)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from grads.summary import detectable_difference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_pilot(folder: Path, held: list[float]) -> None:
+    (folder / "runs" / "base").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "methods": [], "ratios": [], "seeds": [0, 1, 2],
+        "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["gsm8k"], "heldout": ["h.jsonl"]}}))
+    base = {"tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.70}}, "heldout": {"h": {"bpb": 1.30}}}
+    (folder / "runs" / "base" / "results.json").write_text(json.dumps(base))
+    for seed, value in enumerate(held):
+        run = {"run": f"full-s{seed}", "method": "full", "ratio": None, "seed": seed, "n_train": 10,
+               "train_loss": 1.0, "tasks": {"medmcqa": {"accuracy": 0.25 + 0.01 * seed},
+                                            "gsm8k": {"bpb": 0.71 + 0.001 * seed}},
+               "heldout": {"h": {"bpb": value}}}
+        (folder / "runs" / f"full-s{seed}").mkdir()
+        (folder / "runs" / f"full-s{seed}" / "results.json").write_text(json.dumps(run))
+
+
+def test_power_script_reports_the_seed_spread_and_the_seeds_needed(tmp_path):
+    held = [1.20, 1.21, 1.22]  # G_bpb 0.10, 0.09, 0.08: mean 0.09, seed SD 0.01
+    write_pilot(tmp_path / "pilot", held)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "power.py"), str(tmp_path / "pilot")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| G")}
+    assert "+0.0900 | 0.0100 | 0.0141" in rows["G_bpb"]
+    needed = min(n for n in range(3, 11) if detectable_difference(math.sqrt(2) * 0.01, n) <= 0.2 * 0.09)
+    assert f"seeds needed for G_bpb at 20% of the full pool's gain: {needed}" in done.stdout
