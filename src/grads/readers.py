@@ -1,0 +1,377 @@
+"""Reading SFT files: one record at a time, with the file and line (or record) of every problem.
+
+Inputs: .jsonl, .json (a list of records), either one gzip- (.gz) or zstd-compressed (.zst), .parquet, a
+`datasets.save_to_disk` folder, or a dataset in the local Hugging Face cache by its hub id (OWNER/NAME[:SPLIT]).
+A UTF-8 byte-order mark at the start of a .jsonl or .json file is ignored. `RawRows` gives each record back as
+the text it was read from (a JSONL file's own lines, verbatim), for writing the selected rows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import logging
+import re
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from grads.errors import GradsError
+
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel and PowerShell write first
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of the input as it is stored: a file's bytes on disk (compressed ones too), every file of a folder,
+    and for a hub id the files it is read from (the cached Arrow files of the split, or the hub snapshot's files)."""
+    hub = hub_dataset_id(path)
+    files = _hub_source(*hub)[1] if hub is not None else \
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line or record number, record). JSONL numbers lines from 1; other inputs number records from 1."""
+    path = Path(path)
+    if not path.exists():
+        hub = hub_dataset_id(path)
+        if hub is None:
+            raise GradsError("input not found", path=path,
+                             hint="check the --data path (a dataset in the local Hugging Face cache is named "
+                                  "OWNER/NAME or OWNER/NAME:SPLIT)")
+        yield from enumerate(_hub_source(*hub)[0], start=1)
+        return
+    kind, _ = file_kind(path)
+    if path.is_dir():
+        yield from _read_saved_dataset(path)
+    elif kind == ".jsonl":
+        yield from _read_jsonl(path)
+    elif kind == ".json":
+        yield from _read_json(path)
+    elif path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise GradsError(f"unsupported file type {''.join(path.suffixes[-2:]) or '(none)'!r}", path=path,
+                         hint="use .jsonl or .json (either may be compressed: .gz, .zst), .parquet, "
+                              "or a datasets save_to_disk folder")
+
+
+def file_kind(path: Path) -> tuple[str, str | None]:
+    """The data suffix and the compression of a file name: pool.jsonl.zst -> (".jsonl", "zstd")."""
+    compression = COMPRESSIONS.get(path.suffix)
+    return (Path(path.stem).suffix if compression else path.suffix), compression
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, decompressed as they are read (zstd through pyarrow, already a dependency)."""
+    compression = file_kind(path)[1]
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "zstd":
+        import pyarrow as pa
+
+        # pyarrow's read(n) fails whole on a cut-short stream, so a small buffer keeps the lines before the damage
+        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"), 1 << 16)
+    return open(path, "rb")
+
+
+def _damaged(path: Path, err: Exception, line: int | None) -> GradsError:
+    """A decompression error, at the line being read when it happened (JSONL) or for the whole file (JSON)."""
+    compression = file_kind(path)[1]
+    return GradsError(f"cannot decompress the {compression} data: {err}", path=path, line=line,
+                      hint=f"the file is damaged, cut short or not {compression}: compress it again")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number from 1, byte offset in the decompressed data, the line's bytes) of a JSONL file, decompressed
+    as it streams. Lines end at b"\\n" only (str.splitlines() would also break at U+2028, U+0085 and other separators
+    that JSON allows unescaped inside strings). A UTF-8 byte-order mark before line 1 is dropped, so line 1 then
+    starts at offset 3."""
+    compressed = file_kind(path)[1] is not None
+    line_no, pos = 0, 0
+    with _open_bytes(path) as f:
+        while True:
+            try:
+                raw = f.readline()
+            except (OSError, EOFError, ValueError, zlib.error) as err:
+                if not compressed:
+                    raise
+                raise _damaged(path, err, line_no + 1) from None
+            if not raw:
+                return
+            line_no += 1
+            if line_no == 1 and raw.startswith(_BOM):
+                raw, pos = raw[len(_BOM):], len(_BOM)
+            yield line_no, pos, raw
+            pos += len(raw)
+
+
+def _not_utf16(data: bytes, path: Path) -> None:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise GradsError("file is UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8", path=path,
+                         hint="re-encode the file as UTF-8 (PowerShell: Out-File -Encoding utf8)")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line_no, _, raw in _lines(path):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if line_no == 1:
+                _not_utf16(raw, path)
+            raise GradsError(f"line is not valid UTF-8 (byte {err.start})", path=path, line=line_no,
+                             hint="re-encode the file as UTF-8") from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            control = err.msg.startswith("Invalid control character")
+            column = min(err.pos, len(text.rstrip("\r\n"))) + 1  # past the end: just after the last character
+            raise GradsError(f"not valid JSON: {err.msg.removesuffix(' at')} at column {column}"
+                             + (f" ({text[err.pos]!r})" if control and err.pos < len(text) else ""),
+                             path=path, line=line_no,
+                             hint="control characters inside strings must be escaped (\\n, \\t, \\u0001); "
+                                  "write the file with a JSON library" if control else
+                                  "each line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise GradsError(f"expected a JSON object, got {type(record).__name__}", path=path,
+                             line=line_no, hint="each line must be one JSON object")
+        yield line_no, record
+
+
+class RawRows(Sequence[str]):
+    """Each record as JSON text, in input order, read on demand: a JSONL file's own lines verbatim (a compressed
+    one's decompressed lines; a byte-order mark before the first is dropped), found by their byte offsets in the
+    (decompressed) data, 8 bytes per record in memory; other inputs re-serialised (their readers load them whole
+    anyway).
+
+    A compressed file cannot seek, so its rows are found by decompressing it again rather than by keeping its text
+    in memory: the pool is never held in memory at once (a compressed pool is usually a large one), and the
+    callers need few passes: `write` (one per selected file) streams once, and indexing resumes from the last
+    row read, so ascending access (iteration, slices, a selection's rows) is one pass in all; only out-of-order
+    single rows (the report's ten previews) restart from the top."""
+
+    def __init__(self, path: str | Path, limit: int | None = None) -> None:
+        self.path = Path(path)
+        self.offsets: array | None = None
+        self.texts: list[str] | None = None
+        self.compressed = False
+        self._cursor: tuple[Iterator[tuple[int, str]], int] | None = None  # (the open pass, its next row)
+        kind, compression = file_kind(self.path)
+        if self.path.is_file() and kind == ".jsonl":
+            offsets = array("q")
+            for _, pos, raw in _lines(self.path):
+                if limit is not None and len(offsets) >= limit:
+                    break
+                if raw.decode("utf-8", "replace").strip():
+                    offsets.append(pos)
+            self.offsets, self.compressed = offsets, compression is not None
+        else:
+            self.texts = [json.dumps(record, ensure_ascii=False, default=str)
+                          for _, record in itertools.islice(read_records(self.path), limit)]
+
+    def __len__(self) -> int:
+        return len(self.offsets if self.offsets is not None else self.texts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self.texts is not None:
+            return self.texts[index]
+        if self.compressed:
+            return self._streamed(range(len(self))[index])
+        with open(self.path, "rb") as f:
+            return self._line_at(f, index)
+
+    def _line_at(self, f, index: int) -> str:
+        f.seek(self.offsets[index])
+        return f.readline().decode("utf-8").rstrip("\r\n")
+
+    def _pass(self) -> Iterator[tuple[int, str]]:
+        """(row, text) of every row in order, from a fresh decompression of the file."""
+        row, n = 0, len(self.offsets)
+        for _, pos, raw in _lines(self.path):
+            if row == n:
+                return
+            if pos == self.offsets[row]:
+                yield row, raw.decode("utf-8").rstrip("\r\n")
+                row += 1
+        if row < n:
+            raise GradsError(f"the file ended before row {row + 1} of {n}: it changed while it was being read",
+                             path=self.path, hint="rerun once the file is complete")
+
+    def _streamed(self, index: int) -> str:
+        if self._cursor is None or self._cursor[1] > index:
+            self._cursor = (self._pass(), 0)
+        rows = self._cursor[0]
+        for row, text in rows:
+            self._cursor = (rows, row + 1)
+            if row == index:
+                return text
+        raise IndexError(index)  # not reached: _pass yields every row below len(self)
+
+    def write(self, path: str | Path, indices: Sequence[int]) -> None:
+        """Write the rows at `indices` (one per line, in the order given) atomically to `path`, streaming."""
+        from grads import atomic
+
+        with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            if self.texts is not None:
+                out.writelines(self.texts[i] + "\n" for i in indices)
+                return
+            if not self.compressed:
+                with open(self.path, "rb") as f:
+                    out.writelines(self._line_at(f, i) + "\n" for i in indices)
+                return
+            order = [range(len(self))[i] for i in indices]
+            wanted, last = Counter(order), max(order, default=-1)
+            rows = itertools.takewhile(lambda item: item[0] <= last, self._pass())  # stop after the last wanted
+            if all(a <= b for a, b in itertools.pairwise(order)):  # input order (every caller's): written as read
+                out.writelines((text + "\n") * wanted[row] for row, text in rows if row in wanted)
+            else:  # any other order: kept until all are read (only the rows asked for)
+                texts = {row: text for row, text in rows if row in wanted}
+                out.writelines(texts[i] + "\n" for i in order)
+
+
+def raw_rows(path: str | Path, limit: int | None = None) -> RawRows:
+    return RawRows(path, limit)
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_bytes(path) as f:
+        try:
+            data = f.read()
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            if file_kind(path)[1] is None:
+                raise
+            raise _damaged(path, err, None) from None
+    data = data.removeprefix(_BOM)
+    try:
+        data = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        _not_utf16(data, path)
+        raise GradsError(f"file is not valid UTF-8 (byte {err.start})", path=path,
+                         hint="re-encode the file as UTF-8") from None
+    except json.JSONDecodeError as err:  # errors of .json inputs count records, so the line goes in the text
+        raise GradsError(f"not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}", path=path,
+                         hint="a .json file must hold a list of objects (use .jsonl for one per line)") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise GradsError(f"expected a JSON list of records, got {type(data).__name__}", path=path,
+                         hint="a .json file must hold a list of objects (use .jsonl for one per line)")
+    for i, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise GradsError(f"expected an object, got {type(record).__name__}", path=path, line=i,
+                             hint="every record must be a JSON object")
+        yield i, record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise GradsError(f"cannot read parquet: {err}", path=path,
+                         hint="the file is damaged or not parquet: write it again (e.g. pandas.DataFrame.to_parquet)"
+                         ) from None
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _read_saved_dataset(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise GradsError(f"not a datasets save_to_disk folder: {err}", path=path,
+                         hint="pass a folder written by Dataset.save_to_disk, or a .jsonl/.json/.parquet file"
+                         ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise GradsError(f"folder holds splits {list(ds)} and none is 'train'", path=path,
+                             hint="point at the split folder itself")
+        ds = ds["train"]
+    yield from enumerate(ds, start=1)
+
+
+_HUB_ID = re.compile(r"(?P<id>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<split>[\w.-]+))?")
+
+
+def hub_dataset_id(path: str | Path) -> tuple[str, str] | None:
+    """(hub id, split) when `path` names a dataset by its hub id, OWNER/NAME or OWNER/NAME:SPLIT (split `train` by
+    default), rather than a local file: nothing exists at that path, OWNER is not a local folder, and NAME has no
+    data file suffix (so a mistyped data/pool.jsonl stays "input not found")."""
+    text = str(path)
+    match = _HUB_ID.fullmatch(text)
+    if match is None or Path(text).exists() or Path(match["id"].split("/")[0]).is_dir() \
+            or match["id"].endswith((".jsonl", ".json", ".parquet", *COMPRESSIONS)):
+        return None
+    return match["id"], match["split"] or "train"
+
+
+def _hub_source(hub_id: str, split: str):
+    """The split of a dataset in the local Hugging Face cache, read offline, and the files it is read from.
+
+    First the datasets cache (HF_DATASETS_CACHE: what `datasets.load_dataset(hub_id)` prepared when it last ran
+    online, and what it reads back offline, through the same `Cache` builder); then the hub cache (HF_HUB_CACHE: a
+    snapshot that `hf download --repo-type dataset` or `snapshot_download` fetched), loaded as a local folder.
+    Neither path opens a connection, whatever HF_HUB_OFFLINE says: nothing is downloaded."""
+    import datasets
+
+    spec = f"{hub_id}:{split}"
+    hint = (f"nothing is downloaded: load it once where the hub is reachable (datasets.load_dataset({hub_id!r}) "
+            f"or `hf download {hub_id} --repo-type dataset`), or pass a local file")
+    # its warnings ("Found the latest cached dataset configuration …") would interleave with grads' own output
+    logging.getLogger("datasets.packaged_modules.cache.cache").setLevel(logging.ERROR)
+    try:
+        from datasets.packaged_modules.cache.cache import Cache
+
+        builder = Cache(repo_id=hub_id, dataset_name=hub_id.split("/")[-1], version="auto", hash="auto")
+    except (ValueError, OSError) as err:  # not in the datasets cache, or several of its configurations are
+        if "multiple" in str(err):
+            raise GradsError(f"the local Hugging Face cache holds several configurations of {hub_id}: "
+                             f"{str(err).splitlines()[0]}", path=spec,
+                             hint="save the one you want with Dataset.save_to_disk and pass that folder") from None
+    else:
+        splits = sorted(builder.info.splits or {})
+        if split not in splits:
+            raise GradsError(f"the cached dataset {hub_id} has no split {split!r} (it has {', '.join(splits)})",
+                             path=spec, hint=f"name one as {hub_id}:SPLIT")
+        ds = builder.as_dataset(split=split)
+        return ds, [Path(f["filename"]) for f in ds.cache_files]
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(hub_id, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise GradsError(f"{hub_id} is not a local file or folder, and not a dataset in the local Hugging Face "
+                         "cache", path=spec, hint=hint) from None
+    except Exception as err:  # e.g. IncompleteSnapshotError: an interrupted download
+        raise GradsError(f"the local Hugging Face cache holds {hub_id} only in part: {err}", path=spec,
+                         hint=hint) from None
+    progress = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(str(folder), split=split)
+    except Exception as err:
+        raise GradsError(f"cannot read split {split!r} of the cached snapshot of {hub_id}: {err}", path=spec,
+                         hint=f"name an existing split as {hub_id}:SPLIT") from None
+    finally:
+        if progress:
+            datasets.enable_progress_bars()
+    return ds, sorted(p for p in folder.rglob("*") if p.is_file())
