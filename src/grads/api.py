@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from grads import atomic
 from grads.config import DataConfig, ModelConfig, ScoreConfig, ScoreJob, SelectConfig, SelectJob, TrainConfig
 
 # settings that several stages share: the CLI gives them one option too (--batch-size, --seed)
@@ -58,9 +59,7 @@ def _data_file(data, folder: Path) -> Path:
         data = data["train"]
     records = data.to_list() if isinstance(data, datasets.Dataset) else list(data)
     path = folder / "input.jsonl"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records),
-                    encoding="utf-8")
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
     return path
 
 
@@ -75,8 +74,9 @@ def _model_name(model, tokenizer, folder: Path, need_folder: bool) -> str:
         return getattr(model, "name_or_path", "") or "in-memory model"
     target = folder / "model"
     if not (target / "config.json").exists():
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        with atomic.atomic_folder(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return str(target)
 
 

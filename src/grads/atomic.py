@@ -246,6 +246,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     On a file system without flock support (some Lustre mounts, NFS without lockd) it warns and carries on.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     if _shares_the_lock_of_rank_zero():
         yield folder
@@ -276,6 +277,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
             except OSError:
                 pass
             os.close(fd)  # releases the lock
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a command that stopped before writing anything leaves no empty output folder
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
