@@ -177,8 +177,14 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _figures_table(rows: list[dict], measured: list[str], columns: list[str]) -> list[str]:
-    head = ["method", "ratio", "seeds", "answer tokens", *(f"{LABELS[n]} (mean ± std)" for n in measured), *columns]
+def _figures_table(rows: list[dict], measured: list[str], columns: list[str], base: dict) -> list[str]:
+    """Per task its mean accuracy, or its bpb (marked) where it has no accuracy; held-out files their bpb."""
+    def label(column: str) -> str:
+        task = base["tasks"].get(column, {})
+        return column if "accuracy" in task else f"{column} (bpb)"
+
+    head = ["method", "ratio", "seeds", "answer tokens", *(f"{LABELS[n]} (mean ± std)" for n in measured),
+            *map(label, columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], format_ratio(row["ratio"], row["method"]), str(len(row["seeds"])),
@@ -223,7 +229,7 @@ def write_summary(out: Path, cfg, base: dict) -> None:
     base_line = [f"{t} {_task_value(base['tasks'][t]):.4g}" for t in ev.all_tasks() if t in base["tasks"]]
     base_line += [f"held-out {n} bpb {v['bpb']:.4f}" for n, v in base.get("heldout", {}).items()]
     lines = ["# Experiment summary", "", _preamble(cfg), "", "Base model: " + ", ".join(base_line) + ".", "",
-             *_figures_table(rows, measured, columns)]
+             *_figures_table(rows, measured, columns, base)]
     for reference in ("random", "full"):
         pairs = paired_differences(results, base, ev, reference)
         if pairs:
@@ -241,11 +247,18 @@ def _preamble(cfg) -> str:
     rotations = "all rotations" if ev.mc_rotations is None else f"{ev.mc_rotations} rotation(s)"
     return (f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), {ev.limit} questions per "
             "task" + "".join(f", {t} {n}" for t, n in ev.limits.items()) + f"; letter questions in {rotations}. "
-            f"Fine-tune per run: {recipe}; scores for selection "
-            + ("at the base model (no warm-up)" if not cfg.warmup_epochs else f"after a {cfg.warmup_epochs:g}-epoch "
-               "warm-up") + ". Figures as in grads.summary: G_bpb = held-out bpb gained, F_bpb = general bpb lost, "
+            f"Fine-tune per run: {recipe}; " + _scoring(cfg) + ". Figures as in grads.summary: G_bpb = held-out bpb "
+            "gained, F_bpb = general bpb lost, "
             "G_acc / F_acc the same with accuracy, G_val on the validation tasks (for choosing variants only). "
             "Mean ± std over seeds.")
+
+
+def _scoring(cfg) -> str:
+    if not cfg.methods:
+        return "the full pool only (no selection)"
+    at = "at the base model (no warm-up)" if not cfg.warmup_epochs else f"after a {cfg.warmup_epochs:g}-epoch warm-up"
+    return f"scores for selection {at}" + ("; @theta0 arms at the base model" if any("@theta0" in m for m in
+                                                                                      cfg.methods) else "")
 
 
 def plot_gain_forgetting(path: Path, rows: list[dict], kind: str = "bpb") -> None:
