@@ -10,13 +10,12 @@ import importlib.metadata
 import json
 import os
 import pickle  # only for its error type: weights are never unpickled (torch.load runs with weights_only=True)
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from grads import atomic
 from grads.errors import GradsError
 
 
@@ -89,15 +88,9 @@ def cache_builtin(name: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with atomic.atomic_folder(target, keep_existing=True) as tmp:  # another process may convert it first
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
