@@ -142,24 +142,22 @@ def select(data, model, ratio: float | None = 0.05, method: str = "grads", *, to
                     score=ScoreConfig(**stage[ScoreConfig]), train=TrainConfig(**stage[TrainConfig]),
                     select=select_cfg, out=work / "select")
     summary = run_select(job, progress=progress, log=log or (lambda message: None))
-    entry = summary["outputs"][output_name(method, ratio if takes_ratio else None)]
+    name = output_name(method, ratio if takes_ratio else None)
     scores = pd.read_parquet(work / "select" / "scores.parquet")
-    chosen = set(entry["ids"])
-    rows = [i for i, ident in enumerate(scores["id"]) if ident in chosen]
-    return Selection(dataset=_rows_dataset(data, job.data.data, rows, job.data.limit), scores=scores,
-                     ratio=entry["ratio"], method=method, folder=work / "select", summary=summary)
+    chosen = scores["id"].isin(set(summary["outputs"][name]["ids"])).to_numpy()
+    return Selection(dataset=_rows_dataset(data, work / "select" / "selected" / name, scores["row"][chosen].tolist()),
+                     scores=scores, ratio=summary["outputs"][name]["ratio"], method=method, folder=work / "select",
+                     summary=summary)
 
 
-def _rows_dataset(data, path: Path, rows: list[int], limit: int | None):
+def _rows_dataset(data, selected: Path, rows: list[int]):
     """The chosen rows as a datasets.Dataset, verbatim and in input order: from the caller's own Dataset when one
-    was given, else read back from the input's records."""
+    was given, else the selected file the stage wrote."""
     import datasets
 
     if isinstance(data, datasets.DatasetDict):
         data = data["train"]
     if isinstance(data, datasets.Dataset):
         return data.select(rows)
-    from grads.data import raw_rows
-
-    lines = raw_rows(path, limit)
-    return datasets.Dataset.from_list([json.loads(lines[i]) for i in rows])
+    lines = selected.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit inside a string
+    return datasets.Dataset.from_list([json.loads(line) for line in lines if line])

@@ -20,11 +20,9 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from grads.config import EvalConfig
 from grads.errors import GradsError
-from grads.experiment import ExperimentConfig, load_config
+from grads.experiment import config_from, load_config
 from grads.summary import aggregate, format_ratio, load_runs, paired_differences, pm
 
 REFERENCES = ("random", "grads", "full")
@@ -38,14 +36,10 @@ def eval_tasks(folder: Path) -> Tasks:
         ev = load_config(folder / "config.yaml").eval
     elif (path := folder / "config.json").exists():
         try:
-            ev = ExperimentConfig(**json.loads(path.read_text(encoding="utf-8"))).eval
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise GradsError(f"not valid JSON: {err.msg}", path=path, line=err.lineno) from None
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise GradsError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", path=path) from None
-        except TypeError as err:
-            raise GradsError(f"config must be a mapping of settings: {err}", path=path) from None
+        ev = config_from(raw, path).eval
     else:
         raise GradsError("no config.yaml or config.json: not an experiment folder", path=folder,
                          hint="pass a folder written by `grads experiment CONFIG.yaml --out FOLDER`")

@@ -228,6 +228,12 @@ def items_file(out: str | Path) -> Path:
     return out.with_name(out.stem + ".items.parquet")
 
 
+def heldout_file(out: str | Path) -> Path:
+    """Where run_eval keeps the per-example held-out records of the results file `out`."""
+    out = Path(out)
+    return out.with_name(out.stem + ".heldout.parquet")
+
+
 def run_eval(job, log=None) -> dict:
     """The evaluation stage (`grads eval`): every task of job.tasks and every held-out file of job.heldout on
     job.model -> job.out (JSON) and its per-item records beside it (items_file, heldout_file); returns what went
@@ -278,4 +284,4 @@ def _write_records(out: str | Path, records: dict[str, list[dict]], heldout: dic
     if heldout:
         frames = [frame.assign(file=name) for name, frame in heldout.items()]
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
-        atomic.write_parquet(Path(out).with_name(Path(out).stem + ".heldout.parquet"), table)
+        atomic.write_parquet(heldout_file(out), table)

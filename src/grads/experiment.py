@@ -141,6 +141,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
         mark = getattr(err, "problem_mark", None)
         raise GradsError(f"not valid YAML: {getattr(err, 'problem', err)}", path=path,
                          line=mark.line + 1 if mark else None) from None
+    return config_from(raw, path)
+
+
+def config_from(raw: object, path: Path) -> ExperimentConfig:
+    """An ExperimentConfig from parsed settings (YAML, or a folder's config.json); bad ones name `path`."""
     try:
         return ExperimentConfig(**raw)
     except ValidationError as err:

@@ -41,17 +41,12 @@ def answer_bytes(tokenizer, input_ids: list[int], labels: list[int]) -> int:
 @torch.inference_mode()
 def answer_nll(model, pool: TokenizedPool, batch_size: int, pad_id: int) -> np.ndarray:
     """Σ NLL (nats) of each example's answer tokens, batched by length; NaN for an example with none."""
-    from grads.scoring import collate, plan_batches
+    from grads.scoring import collate, plan_batches, target_nll
 
     device = next(model.parameters()).device
     out = np.full(len(pool), np.nan)
     for batch_idx in plan_batches(pool, batch_size):
-        batch = collate(pool.take(batch_idx), pad_id, "right", device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                                reduction="none").sum(1)
+        nll, _ = target_nll(model, collate(pool.take(batch_idx), pad_id, "right", device))
         out[batch_idx] = nll.double().cpu().numpy()
     return out
 

@@ -110,6 +110,8 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
 def adopt_upstream(source: str | Path, job: SelectJob, log=print) -> None:
     """Start job's select folder from another select folder's finished warm-up model and scores, after checking
     that they were made with exactly the warm-up and scoring settings this job would use."""
+    import shutil
+
     from grads.data import scan_pool
 
     source, target = Path(source), Path(job.out)
@@ -124,8 +126,6 @@ def adopt_upstream(source: str | Path, job: SelectJob, log=print) -> None:
         raise GradsError("warmup_from: no finished selection there", path=source.parent,
                          hint="finish that experiment's selection stage first, or remove warmup_from")
     log(f"reusing the warm-up and scores of {source.parent}")
-    import shutil
-
     for part in (Path("warmup") / "model", Path("score")):
         if (source / part).exists() and not (target / part).exists():
             with atomic.atomic_folder(target / part) as tmp:

@@ -232,6 +232,17 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
     return path
 
 
+def target_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ NLL in nats, count) of each sequence's target tokens (labels other than IGNORE_INDEX, each predicted from
+    the token before; padding is IGNORE_INDEX): training's loss per example, summed. fp16/bf16 logits in fp32."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                            reduction="none").sum(1)
+    return nll, (labels != IGNORE_INDEX).sum(1)
+
+
 @torch.no_grad()
 def answer_only_losses(model, examples: TokenizedPool, batch_size: int, pad_id: int) -> list[float]:
     """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only.
@@ -253,14 +264,9 @@ def answer_only_losses(model, examples: TokenizedPool, batch_size: int, pad_id: 
                     alone.append(TokenizedExample(ex.id, ex.row, answer, list(answer)))
             if not alone:
                 continue
-            batch = collate(alone, pad_id, "right", device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)[:, 1:]
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
-                                                   ignore_index=IGNORE_INDEX, reduction="none")
-            n = (labels != IGNORE_INDEX).sum(1)
+            nll, n = target_nll(model, collate(alone, pad_id, "right", device))
             for j, i in enumerate(batch_idx):
-                out[i] = float(ce[j].sum() / n[j])
+                out[i] = float(nll[j] / n[j])
     finally:
         model.train(was_training)
     return out
