@@ -146,3 +146,61 @@ def test_both_exact_head_forms_match_brute_force(head_rule):
         want = brute_force(model, ids, labels)
         for key in ["head", "tied_total"]:
             assert got[key][i].item() == pytest.approx(want[key], rel=RTOL), (key, i)
+
+
+def tiny_gemma2(vocab_size: int = 97, seed: int = 0):
+    """Soft-capped logits (z = c·tanh(z_raw/c)) and a scaled embedding inside the backbone."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Gemma2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=3.0,
+                          pad_token_id=0, tie_word_embeddings=True)
+    return Gemma2ForCausalLM(config).eval()
+
+
+def with_head_bias(model, seed: int = 1):
+    """The same model with an LM head that has a bias (as GPT-J and some classifiers' heads do)."""
+    model = untied_copy(model)
+    head = model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight = head.weight
+    torch.manual_seed(seed)
+    biased.bias.data.normal_(0, 1.0)
+    model.set_output_embeddings(biased)
+    return model
+
+
+@pytest.mark.parametrize("head_rule", ["gram", "dense"])
+@pytest.mark.parametrize("build", [tiny_gemma2, lambda: with_head_bias(tiny_llama())], ids=["softcap", "bias"])
+def test_soft_capped_and_biased_heads_match_brute_force(build, head_rule):
+    model = build()
+    batch = make_batch(EXAMPLES, "right")
+    got = per_example_grad_norms(model, batch, tied_total=True, head_rule=head_rule, vocab_chunk=25)
+    for i, (ids, labels) in enumerate(EXAMPLES):
+        want = brute_force(model, ids, labels)
+        keys = ["loss", "embedding", "head"] + (["tied_total"] if "tied_total" in got else [])
+        for key in keys:
+            assert got[key][i].item() == pytest.approx(want[key], rel=RTOL), (key, i)
+
+
+@pytest.mark.parametrize("head_rule", ["gram", "dense"])
+def test_a_confident_model_keeps_its_small_head_norms_exact(head_rule):
+    """Targets the model predicts with p ≈ 1 − 1e-6: the head gradient is tiny and 1 − p must not be computed
+    as a difference of numbers near 1 (in fp32 that loses most digits). Reference: brute force in fp64."""
+    model = untied_copy(tiny_llama())
+    ids = example(7, 6, 0)[0]
+    with torch.no_grad():
+        for _ in range(10):  # the answer is the model's own greedy continuation
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        top2 = model(input_ids=torch.tensor([ids])).logits[0, 5:-1].topk(2).values
+        # a sharper head (every logit times a), so each answer token's margin over the runner-up is ≥ 12 nats
+        model.get_output_embeddings().weight.mul_(12 / float((top2[:, 0] - top2[:, 1]).min()))
+    labels = [IGNORE_INDEX] * 6 + ids[6:]
+    batch = make_batch([(ids, labels)], "right")
+    got = per_example_grad_norms(model, batch, head_rule=head_rule)
+    want = brute_force(copy.deepcopy(model).double(), ids, labels)
+    assert want["loss"] < 1e-5  # really confident
+    assert got["loss"][0].item() == pytest.approx(want["loss"], abs=1e-6)  # fp32 logits: no more is possible
+    for key in ["embedding", "head"]:  # the difference form p − onehot was 18–30% off here
+        assert got[key][0].item() == pytest.approx(want[key], rel=1e-2), key  # fp32 logits of ~10^3: ~4e-3

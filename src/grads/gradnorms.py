@@ -109,15 +109,25 @@ def target_positions(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return order, valid, next_tokens
 
 
-def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None) -> tuple[Tensor, Tensor]:
-    """Logits z and dz/dz_raw (1 without soft-capping)."""
-    z = hidden @ weight.T
-    if bias is not None:
-        z = z + bias
+def _capped(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor]:
+    """Soft-capped logits c·tanh(z/c) and their derivative (z itself and 1 without soft-capping)."""
     if softcap is None:
         return z, torch.ones((), dtype=z.dtype, device=z.device)
     capped = torch.tanh(z / softcap)
     return capped * softcap, 1 - capped.square()
+
+
+def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None) -> tuple[Tensor, Tensor]:
+    """Logits z = hidden Wᵀ (+ bias) over some vocabulary rows, and dz/dz_raw."""
+    z = hidden @ weight.T
+    return _capped(z if bias is None else z + bias, softcap)
+
+
+def _set_target_entry(x: Tensor, next_tokens: Tensor, lo: int, hi: int, value: Tensor | float) -> Tensor:
+    """x[..., y − lo] = value for the slots whose target y lies in vocabulary rows [lo, hi) (in place)."""
+    index = (next_tokens - lo).clamp(0, hi - lo - 1).unsqueeze(-1)
+    in_chunk = ((next_tokens >= lo) & (next_tokens < hi)).unsqueeze(-1)
+    return x.scatter_(-1, index, torch.where(in_chunk, value, x.gather(-1, index)))
 
 
 @dataclass
@@ -128,53 +138,97 @@ class HeadPass:
     logsumexp: Tensor  # B×K
 
 
+@dataclass
+class _Sweep:
+    """One pass over the vocabulary with a running maximum m (online softmax). With p' the softmax with the
+    target's own entry left out (so b = p'⊙dz + c·onehot(y), and 1 − p_y = Σp' is never a difference):
+    rest = Σ_{v≠y} e^{z_v−m}, and for the Gram form gram = Σ_v e'_s[v] e'_t[v] and to_hidden = e' W, where
+    e' = e^{z−m}⊙dz with the target entry 0. All three are rescaled whenever m grows."""
+
+    m: Tensor  # B×K
+    rest: Tensor  # B×K
+    gram: Tensor | None = None  # B×K×K
+    to_hidden: Tensor | None = None  # B×K×d
+
+
+def _vocab_sweep(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: Tensor, softcap: float | None,
+                 bounds: list[tuple[int, int]], gram: bool) -> _Sweep:
+    batch, k, _ = hidden.shape
+    sweep = _Sweep(m=hidden.new_full((batch, k), float("-inf")), rest=hidden.new_zeros(batch, k))
+    if gram:
+        sweep.gram, sweep.to_hidden = hidden.new_zeros(batch, k, k), torch.zeros_like(hidden)
+    for lo, hi in bounds:
+        w_chunk = weight[lo:hi].to(hidden.dtype)
+        z, dz = _logits(hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap)
+        m = torch.maximum(sweep.m, z.amax(-1))
+        rescale = torch.exp(sweep.m - m)  # 0 on the first chunk
+        e = _set_target_entry(z.sub_(m.unsqueeze(-1)).exp_(), next_tokens, lo, hi, 0.0)
+        sweep.m, sweep.rest = m, sweep.rest * rescale + e.sum(-1)
+        if gram:
+            e = e * dz if softcap is not None else e
+            sweep.gram = sweep.gram * (rescale.unsqueeze(-1) * rescale.unsqueeze(-2)) + e @ e.transpose(1, 2)
+            sweep.to_hidden = sweep.to_hidden * rescale.unsqueeze(-1) + e @ w_chunk
+    return sweep
+
+
 def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: Tensor, token_weight: Tensor,
               softcap: float | None = None, vocab_chunk: int | None = None, head_rule: str = "auto") -> HeadPass:
     """Loss, ‖G_head‖² and ∂L/∂hidden from the target hidden states (B×K×d, fp32), chunked over the vocabulary.
 
-    token_weight is 1/|S| on valid target slots and 0 on padding slots. head_rule: "gram" (⟨AAᵀ, BBᵀ⟩),
-    "dense" (Σ_chunks ‖B_cᵀ A‖²) or "auto" (gram when K ≤ d).
+    token_weight is 1/|S| on valid target slots and 0 on padding slots. head_rule: "gram" (⟨AAᵀ, BBᵀ⟩, one
+    pass over the vocabulary), "dense" (Σ_chunks ‖B_cᵀ A‖², two passes) or "auto" (gram when K ≤ d).
+
+    With b_s = p'_s⊙dz_s + c_s·onehot(y_s), c_s = (p_s[y_s] − 1)·dz_s[y_s] (see _Sweep), the Gram entries are
+
+        b_s·b_t = p'_s·p'_t (⊙dz) + c_t q_st + c_s q_ts + c_s c_t [y_s = y_t],   q_st = p_s[y_t] dz_s[y_t] [y_t ≠ y_s]
+
+    where p_s[y_t] needs only the K×K logits a_s·W[y_t], so no logit is ever kept or computed twice.
     """
     batch, k, dim = hidden.shape
     use_gram = head_rule == "gram" or (head_rule == "auto" and k <= dim)
     vocab = weight.shape[0]
     chunk = vocab_chunk or max(1024, LOGITS_BUDGET // max(batch * k, 1))
     bounds = [(lo, min(lo + chunk, vocab)) for lo in range(0, vocab, chunk)]
+    sweep = _vocab_sweep(hidden, weight, bias, next_tokens, softcap, bounds, use_gram)
 
-    # pass 1: log-normaliser and target logit
-    lse = torch.full((batch, k), float("-inf"), dtype=hidden.dtype, device=hidden.device)
-    target_logit = torch.zeros_like(lse)
-    cached = None
-    for lo, hi in bounds:
-        z, dz = _logits(hidden, weight[lo:hi].to(hidden.dtype), None if bias is None else bias[lo:hi].to(hidden.dtype),
-                        softcap)
-        lse = torch.logaddexp(lse, z.logsumexp(-1))
-        in_chunk = (next_tokens >= lo) & (next_tokens < hi)
-        picked = z.gather(-1, (next_tokens - lo).clamp(0, hi - lo - 1).unsqueeze(-1)).squeeze(-1)
-        target_logit = torch.where(in_chunk, picked, target_logit)
-        if len(bounds) == 1:
-            cached = (z, dz)
+    # the logits of every target token at every slot, a_s·W[y_t]: B×K×K
+    w_targets = weight[next_tokens].to(hidden.dtype)  # B×K×d
+    pair = hidden @ w_targets.transpose(1, 2)
+    pair, pair_dz = _capped(pair if bias is None else pair + bias[next_tokens].to(hidden.dtype).unsqueeze(-2),
+                            softcap)
+    target_logit = pair.diagonal(dim1=1, dim2=2)
+    total = sweep.rest + torch.exp(target_logit - sweep.m)
+    lse = sweep.m + total.log()
     loss = ((lse - target_logit) * token_weight).sum(1)
+    target_dz = pair_dz.diagonal(dim1=1, dim2=2) if softcap is not None else 1.0
+    c = -(sweep.rest / total) * target_dz  # (p_y − 1)·dz_y, B×K
 
-    # pass 2: b = w (softmax − onehot) ⊙ dz, accumulate B Bᵀ and ∂L/∂a = B W
-    bbt = hidden.new_zeros(batch, k, k) if use_gram else None
-    dense_sq = hidden.new_zeros(batch)
+    if use_gram:
+        same = next_tokens.unsqueeze(-1) == next_tokens.unsqueeze(-2)
+        q = torch.exp(pair - lse.unsqueeze(-1)).masked_fill_(same, 0)
+        if softcap is not None:
+            q = q * pair_dz
+        cross = q * c.unsqueeze(-2)
+        bbt = sweep.gram / (total.unsqueeze(-1) * total.unsqueeze(-2)) + cross + cross.transpose(1, 2) \
+            + (c.unsqueeze(-1) * c.unsqueeze(-2)) * same
+        bbt = bbt * (token_weight.unsqueeze(-1) * token_weight.unsqueeze(-2))
+        sq_norm = (hidden @ hidden.transpose(1, 2) * bbt).sum((1, 2))
+        grad_hidden = (sweep.to_hidden / total.unsqueeze(-1) + c.unsqueeze(-1) * w_targets) \
+            * token_weight.unsqueeze(-1)
+        return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
+
+    # dense: a second pass builds each chunk's b = w (p'⊙dz + c·onehot) and its block B_cᵀ A of G_head
+    sq_norm = hidden.new_zeros(batch)
     grad_hidden = torch.zeros_like(hidden)
     for lo, hi in bounds:
         w_chunk = weight[lo:hi].to(hidden.dtype)
-        z, dz = cached if cached is not None else _logits(
-            hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap)
-        b = torch.exp(z - lse.unsqueeze(-1))
-        in_chunk = (next_tokens >= lo) & (next_tokens < hi)
-        b.scatter_add_(-1, (next_tokens - lo).clamp(0, hi - lo - 1).unsqueeze(-1),
-                       -in_chunk.to(b.dtype).unsqueeze(-1))
-        b = b * dz * token_weight.unsqueeze(-1)
-        if use_gram:
-            bbt += b @ b.transpose(1, 2)
-        else:
-            dense_sq += (b.transpose(1, 2) @ hidden).square().sum((1, 2))
+        z, dz = _logits(hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap)
+        b = z.sub_(lse.unsqueeze(-1)).exp_()
+        if softcap is not None:
+            b = b * dz
+        b = _set_target_entry(b, next_tokens, lo, hi, c.unsqueeze(-1)) * token_weight.unsqueeze(-1)
+        sq_norm += (b.transpose(1, 2) @ hidden).square().sum((1, 2))
         grad_hidden += b @ w_chunk
-    sq_norm = (hidden @ hidden.transpose(1, 2) * bbt).sum((1, 2)) if use_gram else dense_sq
     return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
 
 
@@ -195,12 +249,7 @@ def tied_cross_term(parts: ModelParts, hidden: Tensor, next_tokens: Tensor, toke
     w_rows = parts.head_weight[input_ids].to(hidden.dtype)  # B×T×d
     bias = None if parts.head_bias is None else parts.head_bias[input_ids].to(hidden.dtype).unsqueeze(1)
     z = hidden @ w_rows.transpose(1, 2)  # B×K×T: z_s[x_t]
-    if bias is not None:
-        z = z + bias
-    dz = torch.ones((), dtype=z.dtype, device=z.device)
-    if parts.logit_softcap is not None:
-        capped = torch.tanh(z / parts.logit_softcap)
-        z, dz = capped * parts.logit_softcap, 1 - capped.square()
+    z, dz = _capped(z if bias is None else z + bias, parts.logit_softcap)
     b = torch.exp(z - lse.unsqueeze(-1)) - (next_tokens.unsqueeze(-1) == input_ids.unsqueeze(1)).to(z.dtype)
     b = b * dz * token_weight.unsqueeze(-1)
     return (b * (hidden @ grad_embeds.transpose(1, 2))).sum((1, 2))
