@@ -1,54 +1,81 @@
-"""Time and peak memory per example of `per_example_grad_norms`, side by side with a plain training step and
-the naive per-example loop, on the same model and the same batches, in one run.
+"""Time and peak memory per example of `per_example_grad_norms`, side by side with a plain training step, the
+naive per-example loop and the tools a user would pick instead (benchmarks/peers.py), on the same model and the
+same batches, in one run; and whether each method's norms agree with ours.
 
-  training step: forward + backward of the batch-mean loss, every parameter trainable (no optimizer step)
-  naive loop:    batch of one, backward with only E and W trainable, dense .grad norms read per example
-  grads kernel:  the whole batch at once, backward to activations only
+  train_step:   forward + backward of the batch-mean loss, every parameter trainable (no optimizer step)
+  naive_loop:   batch of one, backward with only E and W trainable, dense .grad norms read per example
+  grads_kernel: the whole batch at once, backward to activations only
+  peers:        torch.func (vmap over grad), Opacus (per-sample gradients / ghost norms), bergson (hooks)
 
-Each method runs in its own child process so its peak resident memory can be read (ru_maxrss) and is
-reported above the memory of the loaded model.
+Batch shapes (--shape, repeatable):
+  answer-only:  the loss on the answer tokens only, as `grads score` trains and scores (MedMCQA: short answers)
+  all-target:   every real token a target (as in math solutions or chat transcripts trained on whole turns)
 
-  python benchmarks/gradnorms.py --model smollm2-135m-instruct --batches 3 --batch-size 8
-  python benchmarks/gradnorms.py --model tiny
+Each method runs in its own child process, so its peak memory (resident set on CPU, allocated on CUDA) is
+read alone and reported per example above the loaded model's.
+
+  python benchmarks/gradnorms.py                                   # SmolLM2, both shapes, every method
+  python benchmarks/gradnorms.py --model tiny --methods grads_kernel train_step torch_func
+  python benchmarks/gradnorms.py --model random:smollm2-135m --data synthetic --device cuda --dtype bf16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-METHODS = ("train_step", "naive_loop", "grads_kernel")
+OURS = "grads_kernel"
+BASE = ("train_step", "naive_loop", OURS)
+PEERS = ("torch_func", "opacus", "opacus_ghost", "bergson")
+SHAPES = ("answer-only", "all-target")
+# random-weight models of real shapes, for machines without the bundled model (time does not depend on weights)
+CONFIGS = {
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
+    "tiny": dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+}
 
 
-def load(model_name: str):
-    from grads.models import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
-    if model_name == "tiny":
+def load(model_name: str, device: str, dtype: str, untie: bool = False):
+    """A grads model name (real weights, fp32 on CPU), or 'tiny' / 'random:NAME' (random weights of CONFIGS[NAME]);
+    untie: the LM head gets its own copy of the embedding (so tools that refuse tied weights can run)."""
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    name = "random:tiny" if model_name == "tiny" else model_name
+    if name.startswith("random:"):
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-        return LlamaForCausalLM(config).eval(), tokenizer
-    return load_model(model_name, device="cpu"), tokenizer
+        model = LlamaForCausalLM(LlamaConfig(**CONFIGS[name.split(":", 1)[1]], pad_token_id=0))
+    else:
+        from grads.models import load_model
+
+        model = load_model(name, device="cpu", dtype="float32")
+    if untie and model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+        model.get_output_embeddings().weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return model.to(device=device, dtype=torch_dtype).eval()
 
 
-def batches(tokenizer, n_batches: int, batch_size: int, lo: int, hi: int):
+def medmcqa_batches(n_batches: int, batch_size: int, lo: int, hi: int):
     """Real MedMCQA examples whose length lies in [lo, hi], batched as grads score batches a pool: sorted by
     length, so neighbours in a batch have nearly the same length (a window from the middle of that order)."""
     import tempfile
 
     from grads.bundled import prepare_medmcqa
     from grads.data import load_pool, tokenize_example
+    from grads.models import load_tokenizer
     from grads.scoring import collate
 
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as tmp:
         prepare_medmcqa(tmp)
         pool = load_pool(f"{tmp}/pool.jsonl", limit=2000)
@@ -57,8 +84,30 @@ def batches(tokenizer, n_batches: int, batch_size: int, lo: int, hi: int):
                     key=lambda ex: (ex.n_tokens, ex.row))
     start = max(0, len(chosen) // 2 - n_batches * batch_size // 2)
     chosen = chosen[start:start + n_batches * batch_size]
-    return [collate(chosen[i:i + batch_size], tokenizer.pad_token_id)
-            for i in range(0, len(chosen), batch_size)], chosen
+    return [collate(chosen[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(chosen), batch_size)]
+
+
+def synthetic_batches(n_batches: int, batch_size: int, length: int, answer: int, vocab: int):
+    """Random token ids, `length` tokens per example, the last `answer` of them labelled (no padding)."""
+    from grads.data import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(1, vocab, (batch_size, length), generator=g)
+        labels = ids.clone()
+        labels[:, :length - answer] = IGNORE_INDEX
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def shaped(batches: list[dict], shape: str) -> list[dict]:
+    """all-target: every real token is a target (the same tokens; only the labels change)."""
+    from grads.data import IGNORE_INDEX
+
+    if shape == "answer-only":
+        return batches
+    return [{**b, "labels": b["input_ids"].masked_fill(~b["attention_mask"].bool(), IGNORE_INDEX)} for b in batches]
 
 
 def train_step(model, batch):
@@ -75,72 +124,193 @@ def naive_loop(model, batch):
         p.requires_grad_(False)
     emb.requires_grad_(True)
     head.requires_grad_(True)
-    norms = []
+    norms = {"embedding": [], "head": []} if emb is not head else {"tied_total": []}
     for i in range(batch["input_ids"].shape[0]):
         keep = batch["attention_mask"][i].bool()
         one = {k: v[i][keep].unsqueeze(0) for k, v in batch.items()}
         model(**one).loss.backward()
-        norms.append((emb.grad.norm().item(), head.grad.norm().item()))
-        emb.grad = None
-        head.grad = None
-    return norms
+        for key, p in zip(norms, (emb, head)):
+            norms[key].append(float(p.grad.float().norm()))
+            p.grad = None
+    return {k: torch.tensor(v) for k, v in norms.items()}
 
 
 def grads_kernel(model, batch):
     from grads.gradnorms import per_example_grad_norms
 
-    return per_example_grad_norms(model, batch)
+    return per_example_grad_norms(model, batch, tied_total=True)
+
+
+def method(name: str):
+    if name in BASE:
+        return globals()[name]
+    sys.path.insert(0, str(Path(__file__).parent))
+    import peers
+
+    return peers.PEERS[name]
+
+
+class Meter:
+    """Peak memory above what was held when it started (allocated on CUDA; resident set on CPU, whose high-water
+    mark is reset so the model's loading peak does not hide the method's), and wall time synchronised on CUDA."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = _status_bytes("VmRSS")
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def peak_bytes(self) -> int:
+        return (torch.cuda.max_memory_allocated() if self.cuda else _status_bytes("VmHWM")) - self.base
+
+
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def prepare(args, model=None):
+    """The model (loaded once) and the batches of args.shape, on args.device."""
+    model = model if model is not None else load(args.model, args.device, args.dtype, args.untie)
+    if args.data == "medmcqa":
+        data = medmcqa_batches(args.batches, args.batch_size, args.min_tokens, args.max_tokens)
+    else:
+        data = synthetic_batches(args.batches, args.batch_size, args.max_tokens, args.answer_tokens,
+                                 model.config.vocab_size)
+    return model, [{k: v.to(args.device) for k, v in b.items()} for b in shaped(data, args.shape)]
+
+
+def measure(name: str, model, data: list[dict], args) -> dict:
+    """Time per example (after one warm-up batch), peak memory per example, and the norms."""
+    fn = method(name)
+    meter = Meter(args.device)  # the memory the method needs above the loaded model and the batches
+    fn(model, data[0])  # warm-up (allocator, kernels, a peer's preparation), not timed
+    start = meter.now()
+    norms = [fn(model, batch) for batch in data]
+    seconds = meter.now() - start
+    n = sum(b["input_ids"].shape[0] for b in data)
+    real = sum(int(b["attention_mask"].sum()) for b in data)
+    out = {"method": name, "examples": n, "seconds": seconds, "s_per_example": seconds / n,
+           "tokens_per_example": real / n,
+           "targets_per_example": sum(int((b["labels"][:, 1:] != -100).sum()) for b in data) / n,
+           "padding_fraction": 1 - real / sum(b["attention_mask"].numel() for b in data),
+           "peak_mb_per_example": meter.peak_bytes() / 2**20 / args.batch_size}
+    if norms[0] is not None:
+        out["norms"] = {k: torch.cat([nb[k].float().cpu() for nb in norms]).tolist() for k in norms[0]}
+    return out
 
 
 def child(args) -> None:
     torch.set_num_threads(args.threads)
-    model, tokenizer = load(args.model)
-    data, examples = batches(tokenizer, args.batches, args.batch_size, args.min_tokens, args.max_tokens)
-    fn = {"train_step": train_step, "naive_loop": naive_loop, "grads_kernel": grads_kernel}[args.only]
-    fn(model, data[0])  # warm-up (allocator, kernels), not timed
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    for batch in data:
-        fn(model, batch)
-    seconds = time.perf_counter() - start
-    n = sum(b["input_ids"].shape[0] for b in data)
-    print(json.dumps({"method": args.only, "examples": n, "seconds": seconds, "s_per_example": seconds / n,
-                      "tokens_per_example": sum(ex.n_tokens for ex in examples) / len(examples),
-                      "padding_fraction": 1 - sum(int(b["attention_mask"].sum()) for b in data)
-                      / sum(b["attention_mask"].numel() for b in data),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_after_warmup_mb": rss_before / 1024}))
+    model, data = prepare(args)
+    print(json.dumps(measure(args.only, model, data, args)))
+
+
+def in_process(args, methods: list[str], shape: str, model) -> dict:
+    """Every method in this process, one after the other (CUDA: the allocator's peak is reset per method)."""
+    args.shape = shape
+    model, data = prepare(args, model)
+    results = {}
+    for name in methods:
+        try:
+            results[name] = measure(name, model, data, args)
+        except Exception as err:  # a peer that cannot run this case: say what fails
+            results[name] = {"method": name, "failed": f"{type(err).__name__}: {err}"[:300]}
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+    return results
+
+
+def agreement(ours: dict, theirs: dict) -> str:
+    """Largest relative difference per norm both computed, e.g. 'head 3e-07, tied_total 2e-06'."""
+    parts = []
+    for key in ("embedding", "head", "tied_total"):
+        if key in ours and key in theirs:
+            a, b = torch.tensor(ours[key]), torch.tensor(theirs[key])
+            parts.append(f"{key} {float(((a - b).abs() / a.abs()).max()):.0e}")
+    return ", ".join(parts) or "-"
+
+
+def run_method(args, name: str, shape: str) -> dict:
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name, "--child-shape", shape]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        return {"method": name, "failed": last[:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="a grads model name, or 'tiny'")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="a grads model name, 'tiny', or random:NAME for NAME in " + ", ".join(CONFIGS))
+    parser.add_argument("--data", choices=("medmcqa", "synthetic"), default="medmcqa")
+    parser.add_argument("--shape", action="append", choices=SHAPES, help="batch shape (repeatable; default both)")
+    parser.add_argument("--methods", nargs="+", default=[*BASE, *PEERS], choices=[*BASE, *PEERS])
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--min-tokens", type=int, default=128)
-    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=256, help="medmcqa: longest example; synthetic: length")
+    parser.add_argument("--answer-tokens", type=int, default=40, help="synthetic answer-only: labelled tokens")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--untie", action="store_true", help="give the LM head its own copy of a tied embedding")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every method in this process (for CUDA, whose allocator's peak is read per method; on CPU "
+                             "the resident-set peak of a later method can hide in memory an earlier one freed)")
+    parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--only", help=argparse.SUPPRESS)
+    parser.add_argument("--child-shape", dest="shape_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
+        args.shape = args.shape_one
         return child(args)
 
-    results = {}
-    passthrough = [a for a in sys.argv[1:]]
-    for method in METHODS:
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--only", method], check=True,
-                             capture_output=True, text=True).stdout
-        results[method] = json.loads(out.strip().splitlines()[-1])
-    ours, train, naive = results["grads_kernel"], results["train_step"], results["naive_loop"]
-    print(f"model {args.model}, {ours['examples']} examples in batches of {args.batch_size}, "
-          f"{ours['tokens_per_example']:.0f} tokens/example on average, padding {ours['padding_fraction']:.1%}, "
-          f"{args.threads} threads")
-    for method in METHODS:
-        r = results[method]
-        print(f"  {method:13s} {r['s_per_example']:8.4f} s/example   peak RSS {r['peak_rss_mb']:7.0f} MB")
-    print(f"grads kernel / training step time per example: {ours['s_per_example'] / train['s_per_example']:.2f}x")
-    print(f"naive loop / grads kernel time per example:    {naive['s_per_example'] / ours['s_per_example']:.2f}x")
-    print(f"grads kernel / training step peak RSS:         {ours['peak_rss_mb'] / train['peak_rss_mb']:.2f}x")
+    torch.set_num_threads(args.threads)
+    report = {"model": args.model, "untied": args.untie, "data": args.data, "device": args.device, "dtype": args.dtype,
+              "batch_size": args.batch_size, "threads": args.threads, "torch": torch.__version__, "shapes": {}}
+    methods = [OURS] + [m for m in args.methods if m != OURS]
+    model = load(args.model, args.device, args.dtype, args.untie) if args.in_process else None
+    for shape in args.shape or SHAPES:
+        results = in_process(args, methods, shape, model) if args.in_process else \
+            {name: run_method(args, name, shape) for name in methods}
+        report["shapes"][shape] = results
+        print_shape(args, shape, results)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+def print_shape(args, shape: str, results: dict) -> None:
+    ours, train = results[OURS], results.get("train_step", {})
+    if "failed" in ours:
+        print(f"{shape}: grads kernel failed: {ours['failed']}")
+        return
+    print(f"\n{shape}: model {args.model} ({args.device}, {args.dtype}), {ours['examples']} examples in batches of "
+          f"{args.batch_size}, {ours['tokens_per_example']:.0f} tokens and {ours['targets_per_example']:.0f} "
+          f"targets per example, padding {ours['padding_fraction']:.1%}")
+    print(f"  {'method':13s} {'s/example':>10s} {'÷ train':>8s} {'÷ grads':>8s} {'MB/example':>11s}  "
+          "agreement with grads (largest relative difference)")
+    for name, r in results.items():
+        if "failed" in r:
+            print(f"  {name:13s} failed: {r['failed']}")
+            continue
+        vs_train = f"{r['s_per_example'] / train['s_per_example']:.2f}x" if "s_per_example" in train else "-"
+        print(f"  {name:13s} {r['s_per_example']:10.4f} {vs_train:>8s} "
+              f"{r['s_per_example'] / ours['s_per_example']:7.2f}x {r['peak_mb_per_example']:11.1f}  "
+              f"{agreement(ours['norms'], r.get('norms', {})) if name != OURS else ''}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Smoke tests of the scripts under scripts/ on hand-made experiment folders (the numbers checked by hand)."""
+"""Smoke tests of the scripts under scripts/ and benchmarks/ on hand-made inputs (the numbers checked by hand)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,26 @@ def test_power_script_reports_the_seed_spread_and_the_seeds_needed(tmp_path):
     assert "+0.0900 | 0.0100 | 0.0141" in rows["G_bpb"]
     needed = min(n for n in range(3, 11) if detectable_difference(math.sqrt(2) * 0.01, n) <= 0.2 * 0.09)
     assert f"seeds needed for G_bpb at 20% of the full pool's gain: {needed}" in done.stdout
+
+
+def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel(tmp_path):
+    """benchmarks/gradnorms.py end to end on a small random model (no extra dependency: the naive loop and the
+    torch.func peer, per-example autograd by two other routes), both batch shapes; their norms equal ours."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gradnorms.py"), "--model", "tiny",
+                           "--data", "synthetic", "--methods", "grads_kernel", "naive_loop", "torch_func",
+                           "--batches", "2", "--batch-size", "3", "--max-tokens", "24", "--answer-tokens", "6",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for shape, targets in [("answer-only", 6), ("all-target", 23)]:
+        results = report["shapes"][shape]
+        assert results["grads_kernel"]["targets_per_example"] == targets
+        ours = results["grads_kernel"]["norms"]
+        assert len(ours["tied_total"]) == 6
+        for peer, keys in [("torch_func", ["embedding", "head", "tied_total"]), ("naive_loop", ["tied_total"])]:
+            assert results[peer]["s_per_example"] > 0
+            for key in keys:
+                for a, b in zip(ours[key], results[peer]["norms"][key]):
+                    assert math.isclose(a, b, rel_tol=1e-4), (shape, peer, key)
+    assert "torch_func" in done.stdout and "÷ train" in done.stdout
