@@ -1,5 +1,6 @@
-"""`grads score` under torchrun: 2 CPU processes (gloo) give the same table as 1 process, and a run whose rank
-is killed midway completes on rerun and still matches."""
+"""`grads score` under torchrun: 2 CPU processes (gloo) give the same table as 1 process, data parallel and with the
+model sharded (--fsdp), as one launch of 2 processes or as two "nodes" of one process each on 127.0.0.1; a run
+whose rank is killed midway completes on rerun and still matches."""
 
 from __future__ import annotations
 
@@ -57,12 +58,13 @@ def test_two_ranks_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medm
     assert meta["world_size"] == 2 and not (tmp_path / "two" / "score-chunks").exists()
 
 
-def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process):
+@pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
+def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process, mode):
     import psutil
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(out)], env=_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), *mode, "--out", str(out)]
+    proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunks = out / "score-chunks"
     deadline = time.time() + 180
     while len(list(chunks.glob("chunk-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -74,24 +76,73 @@ def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcq
     n_done = len(list(chunks.glob("chunk-*.parquet")))
     assert 2 <= n_done < 24 and not (out / "scores.parquet").exists()  # really killed midway (24 chunks in all)
 
-    rerun = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(out)], env=_env(tmp_path),
-                           capture_output=True, text=True)
+    rerun = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
 
 
+def test_fsdp_shards_the_parameters_and_merges_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
+                                                                        one_process):
+    import json
+
+    out = tmp_path / "fsdp"
+    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(out)],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
+    meta = json.loads((out / "score.json").read_text())
+    assert meta["fsdp"] and meta["world_size"] == 2
+    # rank 0 holds half the parameters, give or take a row of each sharded matrix (dim 0 split in 2)
+    assert 0.45 < meta["parameter_bytes_rank0"] / meta["parameter_bytes"] < 0.56
+    # --fsdp is how the job ran, not what it computed: the fingerprint is the data-parallel run's
+    data_parallel = tmp_path / "dp"
+    subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(data_parallel)],
+                   env=_env(tmp_path), check=True, capture_output=True)
+    assert json.loads((data_parallel / "score.json").read_text())["fingerprint"] == meta["fingerprint"]
+
+
+def test_fsdp_needs_a_launched_job(tmp_path, tiny_model_dir, medmcqa_dir):
+    run = subprocess.run([*GRADS, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(tmp_path / "o")],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 2 and "torchrun" in run.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
+def test_two_nodes_on_one_machine_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
+                                                                 one_process, mode):
+    """Two torchrun launches, --nnodes 2 --node_rank 0|1, one process each, meeting at 127.0.0.1 (static
+    rendezvous, as on a cluster without a scheduler's rendezvous service)."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    out = tmp_path / "nodes"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                               str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port",
+                               str(port), "-m", "grads.cli", *_args(tiny_model_dir, medmcqa_dir), *mode, "--out",
+                               str(out)], env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
+
+
+@pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
 def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outputs(tmp_path, tiny_model_dir,
-                                                                                   medmcqa_dir):
+                                                                                   medmcqa_dir, mode):
     import json
 
     out = tmp_path / "sel"
     args = ["select", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "32",
             "--max-length", "96", "--batch-size", "8", "--ratio", "0.25", "--method", "grads", "--method", "random",
-            "--warmup-epochs", "1", "--quiet", "--out", str(out)]
+            "--warmup-epochs", "1", "--quiet", "--out", str(out), *mode]
     run = subprocess.run([*TORCHRUN, *args], env=_env(tmp_path), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     done = json.loads((out / "warmup" / "model" / "done.json").read_text())
     assert done["steps"] == 2  # 32 examples, 8 per rank, 2 ranks: 2 optimizer steps (one process takes 4)
+    assert json.loads((out / "score" / "score.json").read_text()).get("fsdp", False) == bool(mode)
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     assert len(scores) == 32 and scores["row"].tolist() == list(range(32)) and scores["density"].notna().all()
     summary = json.loads((out / "selection.json").read_text())

@@ -57,6 +57,8 @@ TrustOpt = Annotated[bool, opt(ModelConfig, "trust_remote_code", "--trust-remote
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 LoraOpt = Annotated[bool, typer.Option("--lora/--full", help=describe(TrainConfig, "lora"))]
 LrOpt = Annotated[float | None, opt(TrainConfig, "learning_rate", "--lr")]
+FsdpOpt = Annotated[bool, opt(ScoreConfig, "fsdp", "--fsdp", extra=" (also on when accelerate launch runs with its "
+                                                                  "FSDP plugin); docs/scaling.md")]
 
 
 def _configs(fn):
@@ -113,6 +115,7 @@ def score(
     quiet: bool,
     batch_size: Annotated[int, opt(ScoreConfig, "batch_size", "--batch-size", "-b")] = default(ScoreConfig,
                                                                                              "batch_size"),
+    fsdp: FsdpOpt = default(ScoreConfig, "fsdp"),
 ) -> None:
     """Per-example loss and exact gradient norms (input embedding, LM head) -> OUT/scores.parquet.
 
@@ -123,7 +126,8 @@ def score(
     from grads.config import ScoreJob
     from grads.scoring import run_score
 
-    job = _configs(lambda: ScoreJob(model=model, data=data, score=ScoreConfig(batch_size=batch_size), out=out))
+    job = _configs(lambda: ScoreJob(model=model, data=data, score=ScoreConfig(batch_size=batch_size, fsdp=fsdp),
+                                    out=out))
     typer.echo(f"scores: {run_score(job, progress=not quiet)}")
 
 
@@ -161,6 +165,7 @@ def select_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="scoring and warm-up batch size")] = default(
         ScoreConfig, "batch_size"),
     learning_rate: LrOpt = None,
+    fsdp: FsdpOpt = default(ScoreConfig, "fsdp"),
 ) -> None:
     """Score every example (at the base model, or after --warmup-epochs of warm-up) and select subsets by each
     method and ratio.
@@ -176,7 +181,7 @@ def select_cmd(
     select = {"methods": tuple(method)} if method else {}
     select |= {"ratios": tuple(ratio)} if ratio else {}
     job = _configs(lambda: SelectJob(
-        model=model, data=data, score=ScoreConfig(batch_size=batch_size),
+        model=model, data=data, score=ScoreConfig(batch_size=batch_size, fsdp=fsdp),
         train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate),
         select=SelectConfig(**select, seed=seed, warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction,
                             signal=signal, bandwidth=bandwidth),

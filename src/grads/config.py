@@ -30,6 +30,12 @@ def added(default: object, version: str, **kwargs) -> object:
     return Field(default, json_schema_extra={"added_in": version}, **kwargs)
 
 
+def runtime(default: object, **kwargs) -> object:
+    """A setting of how a stage runs, not of what it computes (e.g. sharding the model): recorded in `settings()`
+    when it is not its default, never part of a fingerprint, so a run may be resumed with another."""
+    return Field(default, json_schema_extra={"runtime": True}, **kwargs)
+
+
 def like(source: type[BaseModel], name: str, **changes: Any) -> Any:
     """A field declared as `source`'s field `name` (type constraints, description, default), with `changes`
     (e.g. another default): how a config that gathers other stages' settings avoids restating them."""
@@ -52,20 +58,22 @@ def describe(source: type[BaseModel], name: str) -> str:
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def settings(self) -> dict:
-        """Every setting as JSON, less added settings that hold their default (see `added`)."""
+    def settings(self, runtime: bool = True) -> dict:
+        """Every setting as JSON, less added and runtime settings that hold their default (see `added`, `runtime`);
+        runtime=False: less every runtime setting (what decides the output, for fingerprints)."""
         dump = self.model_dump(mode="json")
         for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
+            value, extra = getattr(self, name), field.json_schema_extra or {}
             if isinstance(value, StageConfig):
-                dump[name] = value.settings()
-            elif (field.json_schema_extra or {}).get("added_in") and value == field.default:
+                dump[name] = value.settings(runtime)
+            elif (extra.get("added_in") or extra.get("runtime")) and value == field.default or \
+                    extra.get("runtime") and not runtime:
                 del dump[name]
         return dump
 
     def fingerprint(self, **extra: object) -> str:
         """A stable hash of every setting (plus extras such as the input's hash) that decides a stage's output."""
-        payload = json.dumps({"config": self.settings(), **extra}, sort_keys=True, default=str)
+        payload = json.dumps({"config": self.settings(runtime=False), **extra}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -91,6 +99,8 @@ class ScoreConfig(StageConfig):
     vocab_chunk: int | None = Field(None, gt=0, description="vocabulary rows per head chunk (None = auto)")
     tied_total: bool = Field(True, description="also report the shared tensor's norm when weights are tied")
     padding_side: Literal["right", "left"] = "right"
+    fsdp: bool = runtime(False, description="shard the model's parameters across the ranks of a launched job "
+                                            "(PyTorch FSDP2); each rank still scores its own batches")
 
 
 class ScoreJob(StageConfig):

@@ -8,6 +8,7 @@ no-op: rank 0 of a world of 1. grads never starts processes itself.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -53,3 +54,67 @@ def barrier() -> None:
 def shard(n_items: int) -> list[int]:
     """This rank's items of 0..n_items-1: round-robin, so length-sorted work spreads evenly over ranks."""
     return list(range(rank(), n_items, world_size()))
+
+
+def most_over_ranks(n: int) -> int:
+    """The largest n of any rank (n itself without a launcher)."""
+    if not dist.is_initialized():
+        return n
+    value = torch.tensor([n], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
+def fsdp_requested(flag: bool) -> bool:
+    """--fsdp, or a launch by `accelerate launch` with the FSDP plugin in its config."""
+    return flag or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def shard_model(model):
+    """Shard the parameters over every rank with FSDP2 (`fully_shard`): each decoder layer (the classes HF names
+    in `_no_split_modules`), then the model itself (embedding, head, final norm). At rest a rank holds about 1/W of
+    the parameters; a layer's are gathered while it runs (forward, and the backward to activations)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from grads.errors import GradsError
+
+    if not dist.is_initialized():
+        raise GradsError("--fsdp shards the model across the ranks of a launched job; this is one process",
+                         hint="start it with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp")
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(hf, "_no_split_modules", None) or [])
+    layers = [m for m in hf.modules() if type(m).__name__ in names]
+    if not layers:
+        raise GradsError(f"--fsdp: {type(hf).__name__} does not name its decoder layers (_no_split_modules)",
+                         hint="score without --fsdp")
+    mesh = init_device_mesh("cuda" if dist.get_backend() == "nccl" else "cpu", (world_size(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+@contextmanager
+def gathered(model):
+    """The sharded model's own parameters (embedding, head, final norm) whole while inside; the layers gather
+    theirs as they run. Every rank must enter together. A no-op for a model that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+def parameter_bytes(model) -> int:
+    """Bytes of parameters this rank holds (its shards only, for a sharded model)."""
+    total = 0
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        total += local.numel() * local.element_size()
+    return total

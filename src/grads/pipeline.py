@@ -92,7 +92,9 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
             log("scores: reusing finished scores")
         else:
             log(f"scoring {len(pool)} examples at {'the warm-up model' if sel.warmup_epochs else 'the base model'}")
-            run_score(score_job, plan.score_fingerprint, load(), tokenizer, pool, progress, info)
+            # sharded (--fsdp): the scoring stage loads and shards its own copy; `load` stays whole for rank 0
+            sharded = distributed.fsdp_requested(job.score.fsdp)
+            run_score(score_job, plan.score_fingerprint, None if sharded else load(), tokenizer, pool, progress, info)
         if not distributed.is_main():  # the other ranks' part ends with their share of the scores
             return {}
         add_columns(score_job.out, needed_columns(sel.methods), load, pool, job.score.batch_size,

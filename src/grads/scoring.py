@@ -78,7 +78,8 @@ SCHEMA = pa.schema([
 def _score_batch(model, examples: Sequence[TokenizedExample], pad_id: int, cfg: ScoreConfig) -> list[dict]:
     device = next(model.parameters()).device
     batch = collate(examples, pad_id, cfg.padding_side, device)
-    norms = per_example_grad_norms(model, batch, tied_total=cfg.tied_total, vocab_chunk=cfg.vocab_chunk)
+    with distributed.gathered(model):  # a sharded model's embedding and head, whole for the kernel
+        norms = per_example_grad_norms(model, batch, tied_total=cfg.tied_total, vocab_chunk=cfg.vocab_chunk)
     rows = []
     for i, ex in enumerate(examples):
         values = {key: float(value[i]) for key, value in norms.items()}
@@ -135,6 +136,10 @@ def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: Sco
     mine = distributed.shard(len(chunks))
     todo = [k for k in mine if not (chunk_dir / f"chunk-{k:05d}.parquet").exists()]
     bar = _Progress(sum(len(b) for k in todo for b in chunks[k]), progress and distributed.is_main())
+    # a sharded model gathers each layer from every rank, so every rank runs the kernel as often as the busiest:
+    # the others repeat a batch and drop its rows
+    idle = distributed.most_over_ranks(sum(len(chunks[k]) for k in todo)) - sum(len(chunks[k]) for k in todo) \
+        if distributed.fsdp_requested(cfg.fsdp) else 0
     was_training = model.training
     model.eval()  # no dropout: scores do not depend on batch order or chance
     try:
@@ -144,6 +149,8 @@ def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: Sco
                 rows += _score_batch(model, examples.take(batch), pad_id, cfg)
                 bar.advance(len(batch))
             atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
+        for _ in range(idle):
+            _score_batch(model, examples.take(batches[0]), pad_id, cfg)
     finally:
         bar.close()
         model.train(was_training)
@@ -213,9 +220,15 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
     if tokenizer is None:
         tokenizer = models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
     pool = pool if pool is not None else tokenized(info, tokenizer, job.data.limit, job.data.max_length)
-    if model is None:
-        model = models.load_model(job.model.model, dtype=job.model.dtype, device=job.model.device,
+    fsdp = distributed.fsdp_requested(job.score.fsdp)
+    if model is None:  # sharded: loaded on the CPU, each rank's shards then go to its device
+        model = models.load_model(job.model.model, dtype=job.model.dtype, device="cpu" if fsdp else job.model.device,
                                   trust_remote_code=job.model.trust_remote_code)
+    sharding = {}
+    if fsdp:  # score.json records the parameter memory of a whole model and of rank 0's shards
+        sharding = {"fsdp": True, "parameter_bytes": distributed.parameter_bytes(model)}
+        model = distributed.shard_model(model)
+        sharding["parameter_bytes_rank0"] = distributed.parameter_bytes(model)
     started = time.perf_counter()
     table = score_examples(model, pool, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
     if table is None:  # not rank 0: wait until rank 0 has written the merged table
@@ -224,7 +237,7 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
     meta = {
         "fingerprint": fingerprint, "grads_version": __version__, "job": job.settings(),
         "input": info.record(), "truncation": pool.stats.truncation(),
-        "token_cache": str(pool.folder), "world_size": distributed.world_size(),
+        "token_cache": str(pool.folder), "world_size": distributed.world_size(), **sharding,
     }
     path = finish(out_dir, table, meta)  # score.json holds no wall-clock time: the same inputs, the same file
     atomic.write_json(out_dir / "timings.json", {"scoring_s": round(time.perf_counter() - started, 2)})
