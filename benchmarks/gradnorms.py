@@ -269,8 +269,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--untie", action="store_true", help="give the LM head its own copy of a tied embedding")
     parser.add_argument("--in-process", action="store_true",
-                        help="run every method in this process (for CUDA, whose allocator's peak is read per method; on CPU "
-                             "the resident-set peak of a later method can hide in memory an earlier one freed)")
+                        help="run every method in this process (for CUDA, whose allocator's peak is read per method; "
+                             "on CPU the resident-set peak of a later method can hide in memory an earlier one freed)")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--child-shape", dest="shape_one", help=argparse.SUPPRESS)

@@ -10,9 +10,12 @@ G_head = Σ_t b_t a_tᵀ, so without ever forming the V×d matrix:
 
     ‖G_head‖²_F = Σ_{s,t∈S} (a_s·a_t)(b_s·b_t) = ⟨A Aᵀ, B Bᵀ⟩
 
-B Bᵀ is summed over vocabulary chunks, so the |S|×V logits of a long answer never sit in memory at once.
-When |S| > d the Gram form costs more (|S|²V) than the chunked dense product ‖Bᵀ_c A‖² (|S|Vd), so the
-cheaper of the two exact forms is used ("mixed" ghost norm, as in DP ghost clipping).
+B Bᵀ is summed over vocabulary chunks in ONE pass with a running maximum (online softmax), so the |S|×V logits
+of a long answer never sit in memory at once and are never computed twice; each target's own entry of the
+softmax is left out of the sweep and put back in closed form from the |S|×|S| logits a_s·W[y_t], so
+1 − p_y is a sum of the other probabilities, never a difference of numbers near 1. When |S| > d the Gram form
+costs more (|S|²V) than the chunked dense product ‖Bᵀ_c A‖² (|S|Vd, a second pass once the normaliser is
+known), so the cheaper of the two exact forms is used ("mixed" ghost norm, as in DP ghost clipping).
 
 Input embedding. With g_t = ∂L/∂e_t, the gradient at the embedding *output* e_t = E[x_t] (one backward pass
 to activations; no weight gradient anywhere), row v of G_emb collects the positions holding token v:
@@ -217,8 +220,15 @@ def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: 
             * token_weight.unsqueeze(-1)
         return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
 
-    # dense: a second pass builds each chunk's b = w (p'⊙dz + c·onehot) and its block B_cᵀ A of G_head
-    sq_norm = hidden.new_zeros(batch)
+    sq_norm, grad_hidden = _dense_pass(hidden, weight, bias, next_tokens, token_weight, softcap, bounds, lse, c)
+    return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
+
+
+def _dense_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: Tensor, token_weight: Tensor,
+                softcap: float | None, bounds: list[tuple[int, int]], lse: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """‖G_head‖² = Σ_chunks ‖B_cᵀ A‖² and ∂L/∂a = Σ_chunks B_c W_c, with each chunk's b = w (p'⊙dz + c·onehot)
+    (a second pass over the vocabulary, once the log-normaliser is known)."""
+    sq_norm = hidden.new_zeros(hidden.shape[0])
     grad_hidden = torch.zeros_like(hidden)
     for lo, hi in bounds:
         w_chunk = weight[lo:hi].to(hidden.dtype)
@@ -229,7 +239,7 @@ def head_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens: 
         b = _set_target_entry(b, next_tokens, lo, hi, c.unsqueeze(-1)) * token_weight.unsqueeze(-1)
         sq_norm += (b.transpose(1, 2) @ hidden).square().sum((1, 2))
         grad_hidden += b @ w_chunk
-    return HeadPass(loss=loss, sq_norm=sq_norm, grad_hidden=grad_hidden, logsumexp=lse)
+    return sq_norm, grad_hidden
 
 
 def embedding_sq_norms(input_ids: Tensor, grad_embeds: Tensor, mask: Tensor) -> Tensor:
