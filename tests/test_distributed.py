@@ -150,3 +150,14 @@ def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outp
         {"grads-0.25.jsonl": 8, "random-0.25.jsonl": 8}
     assert len((out / "selected" / "grads-0.25.jsonl").read_text().splitlines()) == 8
     assert (out / "report.html").exists() and not list(out.rglob(".*.tmp"))
+
+
+def test_an_accelerate_launch_with_the_fsdp_plugin_asks_for_sharded_scoring(monkeypatch):
+    from grads.distributed import fsdp_requested
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not fsdp_requested(False) and fsdp_requested(True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` exports for an FSDP config
+    assert fsdp_requested(False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert not fsdp_requested(False)
