@@ -17,6 +17,7 @@ read alone and reported per example above the loaded model's.
   python benchmarks/gradnorms.py                                   # SmolLM2, both shapes, every method
   python benchmarks/gradnorms.py --model tiny --methods grads_kernel train_step torch_func
   python benchmarks/gradnorms.py --model random:smollm2-135m --data synthetic --device cuda --dtype bf16
+  python benchmarks/gradnorms.py --profile                         # where the time goes, stage by stage
 """
 
 from __future__ import annotations
@@ -111,10 +112,14 @@ def shaped(batches: list[dict], shape: str) -> list[dict]:
 
 
 def train_step(model, batch):
+    from torch.profiler import record_function
+
     for p in model.parameters():
         p.requires_grad_(True)
-    loss = model(**batch).loss
-    loss.backward()
+    with record_function("train.forward"):
+        loss = model(**batch).loss
+    with record_function("train.backward"):
+        loss.backward()
     model.zero_grad(set_to_none=True)
 
 
@@ -233,6 +238,29 @@ def in_process(args, methods: list[str], shape: str, model) -> dict:
     return results
 
 
+def profile(args, shape: str) -> dict:
+    """Seconds per batch in each named stage of the kernel (grads.forward, grads.head, grads.backward,
+    grads.embedding_norm) and of the training step (train.forward, train.backward), from torch.profiler."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    args.shape = shape
+    model, data = prepare(args)
+    grads_kernel(model, data[0]), train_step(model, data[0])  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        for batch in data:
+            grads_kernel(model, batch)
+            train_step(model, batch)
+    stages = {e.key: e.cpu_time_total / 1e6 / len(data) for e in prof.key_averages()
+              if e.key.startswith(("grads.", "train."))}
+    for name in ("grads", "train"):
+        parts = {k: v for k, v in stages.items() if k.startswith(name + ".")}
+        print(f"{shape}: {name} " + ", ".join(f"{k.split('.', 1)[1]} {v:.3f} s" for k, v in parts.items())
+              + f" (total {sum(parts.values()):.3f} s per batch of {args.batch_size})")
+    return stages
+
+
 def agreement(ours: dict, theirs: dict) -> str:
     """Largest relative difference per norm both computed, e.g. 'head 3e-07, tied_total 2e-06'."""
     parts = []
@@ -271,6 +299,8 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="run every method in this process (for CUDA, whose allocator's peak is read per method; "
                              "on CPU the resident-set peak of a later method can hide in memory an earlier one freed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where the time goes, per stage of the kernel and of the training step")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--child-shape", dest="shape_one", help=argparse.SUPPRESS)
@@ -282,6 +312,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     report = {"model": args.model, "untied": args.untie, "data": args.data, "device": args.device, "dtype": args.dtype,
               "batch_size": args.batch_size, "threads": args.threads, "torch": torch.__version__, "shapes": {}}
+    if args.profile:
+        report["profile"] = {shape: profile(args, shape) for shape in args.shape or SHAPES}
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1))
+        return
     methods = [OURS] + [m for m in args.methods if m != OURS]
     model = load(args.model, args.device, args.dtype, args.untie) if args.in_process else None
     for shape in args.shape or SHAPES:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from grads.data import IGNORE_INDEX
 
@@ -278,27 +279,32 @@ def per_example_grad_norms(model: nn.Module, batch: dict[str, Tensor], *, tied_t
     labels = labels.masked_fill(~mask, IGNORE_INDEX)
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # positions count real tokens, as for left padding
 
+    # each stage is a named range for torch.profiler (benchmarks/gradnorms.py --profile); free when not profiling
     with frozen_parameters(model), torch.enable_grad():
-        embeds = parts.embedding(input_ids).detach().requires_grad_(True)
-        hidden_all = parts.backbone(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=position_ids,
-                                    use_cache=False).last_hidden_state
-        positions, valid, next_tokens = target_positions(labels)
-        n_target = valid.sum(1)
-        token_weight = valid.to(torch.float32) / n_target.clamp(min=1).unsqueeze(1)
-        index = positions.unsqueeze(-1).expand(-1, -1, hidden_all.shape[-1])
-        hidden = hidden_all.detach().gather(1, index).float()
-        head = head_pass(hidden, parts.head_weight, parts.head_bias, next_tokens, token_weight,
-                         parts.logit_softcap, vocab_chunk, head_rule)
-        # padding slots carry zero gradient, so adding them at their placeholder index changes nothing
-        grad_hidden_all = torch.zeros_like(hidden_all, dtype=torch.float32).scatter_add_(1, index,
-                                                                                         head.grad_hidden)
-        (grad_embeds,) = torch.autograd.grad(hidden_all, embeds, grad_outputs=grad_hidden_all.to(hidden_all.dtype))
+        with record_function("grads.forward"):
+            embeds = parts.embedding(input_ids).detach().requires_grad_(True)
+            hidden_all = parts.backbone(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
+        with record_function("grads.head"):
+            positions, valid, next_tokens = target_positions(labels)
+            n_target = valid.sum(1)
+            token_weight = valid.to(torch.float32) / n_target.clamp(min=1).unsqueeze(1)
+            index = positions.unsqueeze(-1).expand(-1, -1, hidden_all.shape[-1])
+            hidden = hidden_all.detach().gather(1, index).float()
+            head = head_pass(hidden, parts.head_weight, parts.head_bias, next_tokens, token_weight,
+                             parts.logit_softcap, vocab_chunk, head_rule)
+        with record_function("grads.backward"):
+            # padding slots carry zero gradient, so adding them at their placeholder index changes nothing
+            grad_hidden_all = torch.zeros_like(hidden_all, dtype=torch.float32).scatter_add_(1, index,
+                                                                                             head.grad_hidden)
+            (grad_embeds,) = torch.autograd.grad(hidden_all, embeds, grad_outputs=grad_hidden_all.to(hidden_all.dtype))
     # nn.Embedding never gives its padding_idx row a gradient, even where that token is real text
     # (SmolLM2 pads with <|im_end|>), so those positions do not count towards G_emb.
     counted = mask if parts.padding_idx is None else mask & (input_ids != parts.padding_idx)
     grad_embeds = grad_embeds.float() * parts.embed_scale * counted.unsqueeze(-1)
 
-    emb_sq = embedding_sq_norms(input_ids, grad_embeds, counted)
+    with record_function("grads.embedding_norm"):
+        emb_sq = embedding_sq_norms(input_ids, grad_embeds, counted)
     nan = torch.full_like(head.loss, float("nan"))
     has_target = n_target > 0
     out = {
