@@ -64,3 +64,18 @@ def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel
                 for a, b in zip(ours[key], results[peer]["norms"][key]):
                     assert math.isclose(a, b, rel_tol=1e-4), (shape, peer, key)
     assert "torch_func" in done.stdout and "÷ train" in done.stdout
+
+
+def test_the_gpu_benchmark_script_parses_and_names_what_it_runs():
+    """benchmarks/gpu.sh runs only where a GPU is lent; here: bash accepts it, and each benchmark it starts
+    passes options the benchmark's own parser accepts."""
+    script = ROOT / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for option in ["--device cuda", "--in-process", "--data synthetic", "--dtype bf16", "--dtype fp32",
+                   "--model random:smollm2-135m", "--model random:llama-1b", "--untie"]:
+        assert option in text, option
+    helptext = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gradnorms.py"), "--help"],
+                              capture_output=True, text=True, timeout=120).stdout
+    for option in ["--device", "--in-process", "--data", "--dtype", "--untie", "--methods", "--answer-tokens"]:
+        assert option in helptext, option
