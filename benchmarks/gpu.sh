@@ -8,7 +8,11 @@
 #
 # Peers need `pip install grads-llm[bench]` (opacus, bergson); where a folder of wheels is at hand
 # (GPU_WHEELS, default .gpu-wheels) they are installed from it into a temporary folder, offline. A peer that cannot run
-# a case is reported as failed, with its error, in the table.
+# a case is reported as failed, with its error, in the table. To build that folder on a machine with PyPI access,
+# for the GPU machine's Python (here 3.12):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .gpu-wheels \
+#       opacus bergson jaxtyping wadler_lindig natsort simple-parsing docstring_parser petname ml_dtypes torchopt \
+#       optree datasets dill multiprocess xxhash fsspec
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-benchmarks-gpu}}
