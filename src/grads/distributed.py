@@ -56,11 +56,16 @@ def shard(n_items: int) -> list[int]:
     return list(range(rank(), n_items, world_size()))
 
 
+def _device_type() -> str:
+    """Where this process group's tensors live: CUDA under NCCL, else the CPU (gloo)."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def most_over_ranks(n: int) -> int:
     """The largest n of any rank (n itself without a launcher)."""
     if not dist.is_initialized():
         return n
-    value = torch.tensor([n], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    value = torch.tensor([n], device=_device_type())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return int(value.item())
 
@@ -88,20 +93,25 @@ def shard_model(model):
     if not layers:
         raise GradsError(f"--fsdp: {type(hf).__name__} does not name its decoder layers (_no_split_modules)",
                          hint="score without --fsdp")
-    mesh = init_device_mesh("cuda" if dist.get_backend() == "nccl" else "cpu", (world_size(),))
+    mesh = init_device_mesh(_device_type(), (world_size(),))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
 
+def is_sharded(model) -> bool:
+    """The model's parameters are sharded over the ranks (shard_model): each forward needs every rank."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 @contextmanager
 def gathered(model):
     """The sharded model's own parameters (embedding, head, final norm) whole while inside; the layers gather
     theirs as they run. Every rank must enter together. A no-op for a model that is not sharded."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(model, FSDPModule):
+    if not is_sharded(model):
         yield
         return
     model.unshard()

@@ -127,6 +127,13 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float 
     return _capped(z if bias is None else z + bias, softcap)
 
 
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None, lo: int,
+                  hi: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Vocabulary rows [lo, hi) of W in the hidden states' dtype, and their logits z and dz/dz_raw."""
+    w_chunk = weight[lo:hi].to(hidden.dtype)
+    return (w_chunk, *_logits(hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap))
+
+
 def _set_target_entry(x: Tensor, next_tokens: Tensor, lo: int, hi: int, value: Tensor | float) -> Tensor:
     """x[..., y − lo] = value for the slots whose target y lies in vocabulary rows [lo, hi) (in place)."""
     index = (next_tokens - lo).clamp(0, hi - lo - 1).unsqueeze(-1)
@@ -162,8 +169,7 @@ def _vocab_sweep(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_token
     if gram:
         sweep.gram, sweep.to_hidden = hidden.new_zeros(batch, k, k), torch.zeros_like(hidden)
     for lo, hi in bounds:
-        w_chunk = weight[lo:hi].to(hidden.dtype)
-        z, dz = _logits(hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap)
+        w_chunk, z, dz = _chunk_logits(hidden, weight, bias, softcap, lo, hi)
         m = torch.maximum(sweep.m, z.amax(-1))
         rescale = torch.exp(sweep.m - m)  # 0 on the first chunk
         e = _set_target_entry(z.sub_(m.unsqueeze(-1)).exp_(), next_tokens, lo, hi, 0.0)
@@ -232,8 +238,7 @@ def _dense_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, next_tokens
     sq_norm = hidden.new_zeros(hidden.shape[0])
     grad_hidden = torch.zeros_like(hidden)
     for lo, hi in bounds:
-        w_chunk = weight[lo:hi].to(hidden.dtype)
-        z, dz = _logits(hidden, w_chunk, None if bias is None else bias[lo:hi].to(hidden.dtype), softcap)
+        w_chunk, z, dz = _chunk_logits(hidden, weight, bias, softcap, lo, hi)
         b = z.sub_(lse.unsqueeze(-1)).exp_()
         if softcap is not None:
             b = b * dz

@@ -138,8 +138,8 @@ def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: Sco
     bar = _Progress(sum(len(b) for k in todo for b in chunks[k]), progress and distributed.is_main())
     # a sharded model gathers each layer from every rank, so every rank runs the kernel as often as the busiest:
     # the others repeat a batch and drop its rows
-    idle = distributed.most_over_ranks(sum(len(chunks[k]) for k in todo)) - sum(len(chunks[k]) for k in todo) \
-        if distributed.fsdp_requested(cfg.fsdp) else 0
+    n_mine = sum(len(chunks[k]) for k in todo)
+    idle = distributed.most_over_ranks(n_mine) - n_mine if distributed.is_sharded(model) else 0
     was_training = model.training
     model.eval()  # no dropout: scores do not depend on batch order or chance
     try:
