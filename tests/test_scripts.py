@@ -43,6 +43,31 @@ def test_power_script_reports_the_seed_spread_and_the_seeds_needed(tmp_path):
     assert f"seeds needed for G_bpb at 20% of the full pool's gain: {needed}" in done.stdout
 
 
+def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
+    write_pilot(tmp_path / "grid", [1.20, 1.21, 1.22])  # full, held-out bpb per seed; base 1.30
+    runs = tmp_path / "grid" / "runs"
+    for seed, (g5, g50, r5) in enumerate([(1.25, 1.10, 1.27), (1.24, 1.12, 1.22), (1.26, 1.13, 1.27)]):
+        for method, ratio, held in [("grads", 0.05, g5), ("grads", 0.5, g50), ("random", 0.05, r5)]:
+            run = {"run": f"{method}-{ratio:g}-s{seed}", "method": method, "ratio": ratio, "seed": seed,
+                   "tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.71}}, "heldout": {"h": {"bpb": held}}}
+            (runs / run["run"]).mkdir()
+            (runs / run["run"] / "results.json").write_text(json.dumps(run))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cells = {(c[1], c[3]): (c[4], c[5]) for c in (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    # grads-0.05 − full, G_bpb per seed: −0.05, −0.03, −0.04: mean −0.04, sd 0.01; t(0.975, 2) = 4.3027 (a t table)
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5
+    assert cells[("grads-0.05 − full", "G_bpb")] == (f"-0.0400 [{-0.04 - half:+.4f}, {-0.04 + half:+.4f}]",
+                                                    "contradicts |")
+    assert cells[("grads-0.5 − full", "G_bpb")][1] == "supports |"  # +0.10, +0.09, +0.09
+    assert cells[("grads-0.5 − grads-0.05", "G_bpb")][1] == "supports |"
+    assert cells[("grads-0.05 − random-0.05", "G_bpb")][1] == "cannot tell |"  # +0.02, −0.02, +0.01
+    # forgetting: grads' general bpb 0.71 against full's 0.710, 0.711, 0.712: −0.001 ± 0.001, holds 0
+    assert cells[("grads-0.05 − full", "F_bpb")][1] == "cannot tell |"
+    assert ("grads@full-steps-0.05 − full", "G_bpb") not in cells  # an arm the folder lacks is left out
+
+
 def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel(tmp_path):
     """benchmarks/gradnorms.py end to end on a small random model (no extra dependency: the naive loop and the
     torch.func peer, per-example autograd by two other routes), both batch shapes; their norms equal ours."""

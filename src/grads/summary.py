@@ -102,26 +102,37 @@ def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
     return rows
 
 
+def figures_by_run(results: list[dict], base: dict, ev) -> dict[tuple[str, float | None, int], dict[str, float]]:
+    """Each run's figures, keyed by (method, ratio, seed)."""
+    return {(r["method"], r["ratio"], r["seed"]): run_figures(r, base, ev) for r in results}
+
+
+def paired(by_run: dict, arm: tuple[str, float | None], reference: tuple[str, float | None]) -> dict:
+    """`arm` minus `reference` (each a (method, ratio)) over the seeds both have: n_pairs, per figure the mean,
+    std and 95% interval of the difference (d<figure>_mean, _std, _ci95), and each seed's differences under
+    "per_seed". Pairing removes what a seed's two runs share (the evaluation items, the training order)."""
+    per_seed = {seed: {k: mine[k] - by_run[(*reference, seed)][k] for k in FIGURES}
+                for (method, ratio, seed), mine in sorted(by_run.items(), key=lambda kv: kv[0][2])
+                if (method, ratio) == arm and (*reference, seed) in by_run}
+    row = {"n_pairs": len(per_seed), "per_seed": per_seed}
+    for name in FIGURES:
+        values = [d[name] for d in per_seed.values()]
+        row[f"d{name}_mean"], row[f"d{name}_std"] = mean_std(values)
+        row[f"d{name}_ci95"] = confidence_interval(values)
+    return row
+
+
 def paired_differences(results: list[dict], base: dict, ev, reference: str = "random") -> list[dict]:
-    """Each method against `reference` run with the same seed (and ratio; `full` has none): per figure the mean,
-    std and 95% interval over seeds of the difference (d<figure>_mean, _std, _ci95), and each seed's differences
-    under "per_seed". Pairing removes what a seed's two runs share (the evaluation items, the training order)."""
-    by_key = {(r["method"], r["ratio"], r["seed"]): run_figures(r, base, ev) for r in results}
-    groups: dict[tuple[str, float | None], dict[int, dict[str, float]]] = {}
-    for (method, ratio, seed), mine in by_key.items():
-        theirs = by_key.get((reference, None if reference == "full" else ratio, seed))
-        if method == reference or theirs is None or (ratio is None and reference != "full"):
-            continue
-        groups.setdefault((method, ratio), {})[seed] = {k: mine[k] - theirs[k] for k in FIGURES}
+    """Each method against `reference` run with the same seed and ratio (`full` has no ratio): `paired`'s row
+    with the method, ratio and reference."""
+    by_run = figures_by_run(results, base, ev)
+    arms = {(method, ratio) for method, ratio, _ in by_run
+            if method != reference and (ratio is not None or reference == "full")}
     rows = []
-    for (method, ratio), per_seed in sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0])):
-        row = {"method": method, "ratio": ratio, "reference": reference, "n_pairs": len(per_seed),
-               "per_seed": dict(sorted(per_seed.items()))}
-        for name in FIGURES:
-            values = [d[name] for d in per_seed.values()]
-            row[f"d{name}_mean"], row[f"d{name}_std"] = mean_std(values)
-            row[f"d{name}_ci95"] = confidence_interval(values)
-        rows.append(row)
+    for method, ratio in sorted(arms, key=lambda arm: (arm[1] or 1.0, arm[0])):
+        row = paired(by_run, (method, ratio), (reference, None if reference == "full" else ratio))
+        if row["n_pairs"]:
+            rows.append({"method": method, "ratio": ratio, "reference": reference, **row})
     return rows
 
 

@@ -1,0 +1,85 @@
+"""The paper's three claims read from an experiment folder: for each, the seed-paired differences that test it with
+their 95% intervals (grads.summary.paired) and a verdict per figure: "supports" when the interval lies on the
+claim's side of 0, "contradicts" when it lies on the other side, "cannot tell" when it holds 0. Run from the
+repository root:
+
+    .venv/bin/python scripts/claims.py results/claim-medmcqa
+
+Claims (Liu et al., 2025): (1) 5% of GrADS data beats the whole pool; (2) 50% does better still; (3) GrADS
+forgets less (than the whole pool and than random data). Also: does a GrADS subset beat random examples, and
+random examples carrying the same answer tokens (`random-tokens`)? Learning figures (G_bpb, G_acc) should be
+> 0 for a claim to hold; forgetting figures (F_bpb, F_acc) < 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from grads.experiment import load_config
+from grads.summary import figures_by_run, load_runs, paired
+
+LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F")
+LABELS = {"G_bpb": "G_bpb", "G": "G_acc", "F_bpb": "F_bpb", "F": "F_acc"}
+# (claim, arm, reference, figures whose sign the claim predicts); an arm is (method, ratio)
+COMPARISONS = [
+    ("1. 5% beats the whole pool", ("grads", 0.05), ("full", None), LEARNING),
+    ("1. 5% beats the whole pool (equal compute)", ("grads@full-steps", 0.05), ("full", None), LEARNING),
+    ("2. 50% better still", ("grads", 0.5), ("full", None), LEARNING),
+    ("2. 50% better still", ("grads", 0.5), ("grads", 0.05), LEARNING),
+    ("3. less forgetting than the whole pool", ("grads", 0.05), ("full", None), FORGETTING),
+    ("3. less forgetting than the whole pool", ("grads", 0.5), ("full", None), FORGETTING),
+    ("3. less forgetting than random", ("grads", 0.05), ("random", 0.05), FORGETTING),
+    ("3. less forgetting than random", ("grads", 0.5), ("random", 0.5), FORGETTING),
+    ("selection beats random", ("grads", 0.05), ("random", 0.05), LEARNING),
+    ("selection beats random", ("grads", 0.5), ("random", 0.5), LEARNING),
+    ("selection beats random (equal compute)", ("grads@full-steps", 0.05), ("random@full-steps", 0.05), LEARNING),
+    ("the examples, not their length", ("grads", 0.05), ("random-tokens", 0.05), LEARNING),
+    ("the examples, not their length", ("grads", 0.5), ("random-tokens", 0.5), LEARNING),
+    ("the warm-up helps", ("grads", 0.05), ("grads@theta0", 0.05), LEARNING),
+    ("the warm-up helps", ("grads", 0.5), ("grads@theta0", 0.5), LEARNING),
+]
+
+
+def verdict(interval: tuple[float, float], sign: int) -> str:
+    """'supports' when the interval lies on the claim's side of 0 (sign +1: above, −1: below), 'contradicts' when
+    on the other side, 'cannot tell' when it holds 0 (or is undefined: fewer than two pairs)."""
+    low, high = interval
+    if not low <= high:  # NaN
+        return "cannot tell"
+    if sign * low > 0 and sign * high > 0:
+        return "supports"
+    if sign * low < 0 and sign * high < 0:
+        return "contradicts"
+    return "cannot tell"
+
+
+def name(arm: tuple[str, float | None]) -> str:
+    return arm[0] if arm[1] is None else f"{arm[0]}-{arm[1]:g}"
+
+
+def rows(out: Path) -> list[str]:
+    cfg = load_config(out / "config.yaml")
+    base = json.loads((out / "runs" / "base" / "results.json").read_text())
+    by_run = figures_by_run(load_runs(out), base, cfg.eval)
+    lines = ["| claim | arm − reference | pairs | figure | mean difference [95% interval] | verdict |",
+             "|---|---|---|---|---|---|"]
+    for claim, arm, reference, figures in COMPARISONS:
+        row = paired(by_run, arm, reference)
+        if not row["n_pairs"]:
+            continue
+        for figure in figures:
+            low, high = row[f"d{figure}_ci95"]
+            digits = 4 if figure.endswith("bpb") else 3
+            interval = f"[{low:+.{digits}f}, {high:+.{digits}f}]" if low <= high else "(one pair)"
+            sign = +1 if figure in LEARNING else -1
+            lines.append(f"| {claim} | {name(arm)} − {name(reference)} | {row['n_pairs']} | {LABELS[figure]} | "
+                         f"{row[f'd{figure}_mean']:+.{digits}f} {interval} | {verdict((low, high), sign)} |")
+    return lines
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="an experiment folder (its config.yaml and runs/)")
+    print("\n".join(rows(parser.parse_args().out)))
