@@ -99,7 +99,7 @@ def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
     assert auto == [("full", None, 0), ("grads-auto", None, 0), ("grads", 0.05, 0), ("grads", 0.5, 0)]
 
 
-def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, tiny_model_dir):
+def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, tiny_model_dir, capsys):
     import yaml
     from typer.testing import CliRunner
 
@@ -128,6 +128,22 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     summary = (out / "summary.md").read_text()
     assert "G_val" in summary and "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
     assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()
+    # the grid's shape may change between sittings (an arm cut, a seed added): finished runs stay
+    grid = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**grid, "methods": ["random"], "seeds": [0, 1], "arm_seeds": {"random": [1]}}))
+    result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert all((out / "runs" / n / "results.json").stat().st_mtime_ns == t for n, t in stamps.items())
+    assert sorted(p.parent.name for p in (out / "runs").glob("*/results.json")) == [
+        "base", "full-s0", "full-s1", "grads-0.5-s0", "random-0.5-s0", "random-0.5-s1"]
+    # what a run computes may not: a changed recipe is refused, naming the setting
+    config.write_text(yaml.safe_dump({**grid, "train": {"batch_size": 4}}))
+    from grads.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", str(config), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "(train differ)" in err and "another --out" in err
 
 
 def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path, tiny_model_dir, capsys):
@@ -188,6 +204,10 @@ def test_arms_carry_their_modifiers_through_the_plan():
     only = ExperimentConfig(methods=("random", "random@full-steps"), ratios=(0.05, 0.5), seeds=(0,),
                             arm_ratios={"random@full-steps": (0.05,)}, include_full=False)
     assert planned_runs(only) == [("random", 0.05, 0), ("random@full-steps", 0.05, 0), ("random", 0.5, 0)]
+    some = ExperimentConfig(methods=("random", "grads@full-steps"), ratios=(0.05,), seeds=(0, 1),
+                            arm_seeds={"grads@full-steps": (1, 2)})
+    assert planned_runs(some) == [("full", None, 0), ("random", 0.05, 0), ("full", None, 1), ("random", 0.05, 1),
+                                  ("grads@full-steps", 0.05, 1), ("grads@full-steps", 0.05, 2)]
     assert cfg.select_job(Path("p.jsonl"), Path("o"), theta0=True).select.warmup_epochs == 0
     from grads.errors import GradsError
 

@@ -4,10 +4,12 @@
     → fine-tune θ0 on each subset (and on the full pool) per seed → evaluate each → summary.md/.csv + plot
 
 Every finished run is a file (DIR/runs/<run>/results.json); a rerun skips them, so a long grid can be finished
-over several sittings. A method may carry arm modifiers: `grads@theta0` selects with the same rule on scores of
-the base model (a second selection in DIR/select-theta0, no warm-up) when the experiment warms up;
-`random@full-steps` trains for the optimizer steps of one run on the full pool (equal compute) instead of the
-recipe's epochs. Arms are compared like methods: seed-paired, against `random` of the same ratio and `full`.
+over several sittings. Between sittings the grid's shape (GRID_SHAPE: methods, ratios, seeds...) may change, to
+cut arms or add seeds; what a run computes (model, data, recipe, evaluation) may not. A method may carry arm
+modifiers: `grads@theta0` selects with the same rule on scores of the base model (a second selection in
+DIR/select-theta0, no warm-up) when the experiment warms up; `random@full-steps` trains for the optimizer steps of
+one run on the full pool (equal compute) instead of the recipe's epochs. Arms are compared like methods:
+seed-paired, against `random` of the same ratio and `full`.
 The figures (G_bpb, F_bpb, G_acc, F_acc, G_val) and their intervals are grads.summary's.
 """
 
@@ -44,6 +46,8 @@ __all__ = ["EvalConfig", "ExperimentConfig", "load_runs", "run_experiment", "wri
 
 
 MODIFIERS = ("theta0", "full-steps")
+# settings that say which runs the grid holds, not what a run computes: a resumed grid may change them
+GRID_SHAPE = ("methods", "ratios", "arm_ratios", "seeds", "arm_seeds", "include_full", "order")
 
 
 def split_arm(arm: str) -> tuple[str, tuple[str, ...]]:
@@ -65,6 +69,8 @@ class ExperimentConfig(StageConfig):
     arm_ratios: dict[str, tuple[float, ...]] = added({}, "0.3", description="ratios of particular methods (arms), "
                                                      "instead of `ratios`: e.g. {random@full-steps: [0.05]}")
     seeds: tuple[int, ...] = Field((0, 1, 2), description="one fine-tune per method, ratio and seed")
+    arm_seeds: dict[str, tuple[int, ...]] = added({}, "0.3", description="seeds of particular methods (arms), "
+                                                  "instead of `seeds`: e.g. {grads@full-steps: [0, 1, 2]}")
     include_full: bool = Field(True, description="also fine-tune on the whole pool, once per seed")
     selection_signal: str = like(SelectConfig, "signal")
     warmup_epochs: float = like(SelectConfig, "warmup_epochs")
@@ -168,11 +174,13 @@ def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
         return RULES[split_arm(arm)[0]].takes_ratio
 
     runs = []
-    for seed in cfg.seeds:
-        free = (["full"] if cfg.include_full else []) + [m for m in cfg.methods if not takes_ratio(m)]
+    for seed in sorted({s for m in cfg.methods for s in cfg.arm_seeds.get(m, cfg.seeds)} | set(cfg.seeds)):
+        here = [m for m in cfg.methods if seed in cfg.arm_seeds.get(m, cfg.seeds)]
+        free = (["full"] if cfg.include_full and seed in cfg.seeds else []) + [
+            m for m in here if not takes_ratio(m)]
         runs += [(method, None, seed) for method in dict.fromkeys(free)]
         for ratio in sorted({r for m in cfg.methods for r in cfg.arm_ratios.get(m, cfg.ratios)}):
-            runs += [(method, ratio, seed) for method in cfg.methods
+            runs += [(method, ratio, seed) for method in here
                      if takes_ratio(method) and ratio in cfg.arm_ratios.get(method, cfg.ratios)]
     if cfg.order == "by-method":
         runs.sort(key=lambda r: (r[0], r[1] or 1.0, r[2]))
@@ -189,11 +197,18 @@ def _evaluate_to(path: Path, model: str, cfg: ExperimentConfig, folder: Path, lo
 
 
 def _claim(out: Path, cfg: ExperimentConfig) -> None:
+    """Record the config in OUT/config.json; a folder holding an experiment whose runs compute something else (any
+    setting outside GRID_SHAPE) is refused."""
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != cfg.settings():
-        raise GradsError("folder holds an experiment with another config", path=out,
-                         hint="use another --out, or the same config")
+    if saved.exists():
+        before, now = json.loads(saved.read_text()), cfg.settings()
+        changed = sorted(k for k in before.keys() | now.keys()
+                         if k not in GRID_SHAPE and before.get(k) != now.get(k))
+        if changed:
+            raise GradsError(f"folder holds an experiment with another config ({', '.join(changed)} differ)",
+                             path=out, hint="use another --out, or the same config (only "
+                             f"{', '.join(GRID_SHAPE)} may change between sittings)")
     atomic.write_json(saved, cfg.settings())
 
 
