@@ -128,9 +128,11 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     summary = (out / "summary.md").read_text()
     assert "G_val" in summary and "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
     assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()
-    # the grid's shape may change between sittings (an arm cut, a seed added): finished runs stay
+    # the grid's shape may change between sittings (an arm cut, a seed added), and a runtime setting: finished
+    # runs stay
     grid = yaml.safe_load(config.read_text())
-    config.write_text(yaml.safe_dump({**grid, "methods": ["random"], "seeds": [0, 1], "arm_seeds": {"random": [1]}}))
+    config.write_text(yaml.safe_dump({**grid, "methods": ["random"], "seeds": [0, 1], "arm_seeds": {"random": [1]},
+                                      "train": {"batch_size": 8, "activation_checkpointing": False}}))
     result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert all((out / "runs" / n / "results.json").stat().st_mtime_ns == t for n, t in stamps.items())

@@ -49,3 +49,38 @@ def test_max_steps_trains_that_many_steps_whatever_the_data_size(tmp_path, tiny_
     assert result.exit_code == 0, result.output
     done = json.loads((tmp_path / "ft" / "model" / "done.json").read_text())
     assert done["steps"] == 5 and done["examples"] == 4 and done["config"]["max_steps"] == 5
+
+
+def test_activation_checkpointing_is_a_runtime_setting_with_the_same_model(tmp_path, tiny_model_dir, medmcqa_dir,
+                                                                           monkeypatch):
+    """On (TRL's default) or off, the trainer is told so and the LoRA adapter comes out bit for bit the same; the
+    finished run is reused whichever is asked next, since the setting is not part of its fingerprint."""
+    import torch
+    from safetensors.torch import load_file
+
+    import grads.training as training
+
+    told, sft_args = [], training._sft_args
+
+    def spy(*args, **kwargs):
+        made = sft_args(*args, **kwargs)
+        told.append(made.gradient_checkpointing)  # the old name mirrors the new one in transformers 5.x
+        return made
+
+    monkeypatch.setattr(training, "_sft_args", spy)
+
+    def train(flag: str, out: str):
+        result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--data",
+                                          str(medmcqa_dir / "pool.jsonl"), "--limit", "8", "--max-length", "64",
+                                          "--batch-size", "4", "--max-steps", "3", flag, "--quiet",
+                                          "--out", str(tmp_path / out)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return load_file(tmp_path / out / "model" / "adapter_model.safetensors")
+
+    on, off = train("--activation-checkpointing", "on"), train("--no-activation-checkpointing", "off")
+    assert told == [True, False]
+    assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
+    assert not all(torch.equal(on[k], torch.zeros_like(on[k])) for k in on if "lora_B" in k)  # it trained
+    assert "activation_checkpointing" not in json.loads((tmp_path / "on" / "model" / "done.json").read_text())["config"]
+    train("--no-activation-checkpointing", "on")
+    assert told == [True, False]  # no third trainer: the finished run was reused

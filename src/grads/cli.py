@@ -209,6 +209,9 @@ def train(
     batch_size: Annotated[int, opt(TrainConfig, "batch_size", "--batch-size", "-b")] = default(TrainConfig,
                                                                                              "batch_size"),
     learning_rate: LrOpt = None,
+    activation_checkpointing: Annotated[bool, opt(TrainConfig, "activation_checkpointing",
+                                                  "--activation-checkpointing/--no-activation-checkpointing")
+                                        ] = default(TrainConfig, "activation_checkpointing"),
 ) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer, loss on the answers only -> OUT/model (adapter or model).
 
@@ -222,7 +225,7 @@ def train(
     job = _configs(lambda: TrainJob(
         model=model, data=data,
         train=TrainConfig(lora=lora, epochs=epochs, max_steps=max_steps, seed=seed, batch_size=batch_size,
-                          learning_rate=learning_rate), out=out))
+                          learning_rate=learning_rate, activation_checkpointing=activation_checkpointing), out=out))
     typer.echo(f"model: {run_train(job, progress=not quiet)}")
 
 

@@ -197,12 +197,13 @@ def _evaluate_to(path: Path, model: str, cfg: ExperimentConfig, folder: Path, lo
 
 
 def _claim(out: Path, cfg: ExperimentConfig) -> None:
-    """Record the config in OUT/config.json; a folder holding an experiment whose runs compute something else (any
-    setting outside GRID_SHAPE) is refused."""
+    """Record the config in OUT/config.json; a folder holding an experiment whose runs compute something else (a
+    setting outside GRID_SHAPE, other than a runtime one) is refused."""
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     if saved.exists():
-        before, now = json.loads(saved.read_text()), cfg.settings()
+        before = config_from(json.loads(saved.read_text()), saved).settings(runtime=False)
+        now = cfg.settings(runtime=False)  # runtime settings (activation checkpointing) do not change a result
         changed = sorted(k for k in before.keys() | now.keys()
                          if k not in GRID_SHAPE and before.get(k) != now.get(k))
         if changed:

@@ -68,6 +68,9 @@ def _sft_args(cfg: TrainConfig, out_dir: Path, device: torch.device, model, prog
     from trl import SFTConfig
 
     on_gpu = device.type == "cuda"
+    # transformers 5.x renamed gradient_checkpointing (the old name warns); TRL's default turns it on
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -77,6 +80,7 @@ def _sft_args(cfg: TrainConfig, out_dir: Path, device: torch.device, model, prog
         save_total_limit=2, report_to=[], use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported() and model.dtype == torch.bfloat16, fp16=False,
         max_length=None, packing=False, disable_tqdm=not progress, dataloader_num_workers=0,
+        **{checkpointing: cfg.activation_checkpointing},
     )
 
 

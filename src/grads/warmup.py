@@ -33,8 +33,8 @@ def warmup_plan(job: SelectJob, data_sha256: str) -> WarmupPlan:
     # the warm-up is warmup_epochs of the shared recipe (its seed is the select seed, see SelectJob); a fixed step
     # count is for final fine-tunes only
     recipe = job.train.model_copy(update={"epochs": sel.warmup_epochs or 1.0, "max_steps": None})
-    upstream = {"model": job.model.settings(), "data": job.data.settings(), "data_sha256": data_sha256,
-                "train": recipe.settings(), "warmup_epochs": sel.warmup_epochs,
+    upstream = {"model": job.model.settings(False), "data": job.data.settings(False), "data_sha256": data_sha256,
+                "train": recipe.settings(runtime=False), "warmup_epochs": sel.warmup_epochs,
                 "warmup_fraction": sel.warmup_fraction, "seed": sel.seed}
     fingerprint = job.model.fingerprint(**upstream)
     return WarmupPlan(recipe, fingerprint, job.score.fingerprint(warmup=fingerprint))
