@@ -132,7 +132,7 @@ class TrainConfig(StageConfig):
     seed: int = 0
     save_steps: int = Field(25, gt=0, description="checkpoint every N optimizer steps (a rerun resumes there)")
     activation_checkpointing: bool = runtime(True, description="recompute activations in the backward pass: less "
-                                             "memory, about 10% slower on a CPU; the model comes out the same")
+                                             "memory, slower (1.2x the time per step on a CPU); the same model")
 
     @property
     def lr(self) -> float:
