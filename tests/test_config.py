@@ -12,15 +12,19 @@ from grads.experiment import ExperimentConfig
 def test_an_added_setting_at_its_default_is_left_out_of_settings_and_fingerprints():
     cfg = TrainConfig(epochs=2.0)
     full = cfg.model_dump(mode="json")
-    assert "max_steps" in full and "max_steps" not in cfg.settings()
-    assert cfg.settings() == {k: v for k, v in full.items() if k != "max_steps"}
-    # the fingerprint a release without max_steps computed: the same payload, hashed the same way
-    earlier = hashlib.sha256(json.dumps({"config": {k: v for k, v in full.items() if k != "max_steps"}, "x": 1},
+    later = ("max_steps", "activation_checkpointing")  # an added and a runtime setting, both at their defaults
+    assert all(k in full and k not in cfg.settings() for k in later)
+    assert cfg.settings() == {k: v for k, v in full.items() if k not in later}
+    # the fingerprint a release without them computed: the same payload, hashed the same way
+    earlier = hashlib.sha256(json.dumps({"config": {k: v for k, v in full.items() if k not in later}, "x": 1},
                                         sort_keys=True).encode()).hexdigest()[:20]
     assert cfg.fingerprint(x=1) == earlier
     # once set, it counts
     stepped = TrainConfig(epochs=2.0, max_steps=10)
     assert stepped.settings()["max_steps"] == 10 and stepped.fingerprint(x=1) != earlier
+    # a runtime setting is recorded when set, and never fingerprinted
+    lighter = TrainConfig(epochs=2.0, activation_checkpointing=False)
+    assert lighter.settings()["activation_checkpointing"] is False and lighter.fingerprint(x=1) == earlier
 
 
 def test_nested_configs_drop_added_defaults_too():
