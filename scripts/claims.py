@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from grads.experiment import load_config
-from grads.summary import figures_by_run, load_runs, paired
+from grads.summary import figures_by_run, load_runs, paired, with_interval
 
 LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F")
 LABELS = {"G_bpb": "G_bpb", "G": "G_acc", "F_bpb": "F_bpb", "F": "F_acc"}
@@ -70,12 +70,10 @@ def rows(out: Path) -> list[str]:
         if not row["n_pairs"]:
             continue
         for figure in figures:
-            low, high = row[f"d{figure}_ci95"]
             digits = 4 if figure.endswith("bpb") else 3
-            interval = f"[{low:+.{digits}f}, {high:+.{digits}f}]" if low <= high else "(one pair)"
             sign = +1 if figure in LEARNING else -1
             lines.append(f"| {claim} | {name(arm)} − {name(reference)} | {row['n_pairs']} | {LABELS[figure]} | "
-                         f"{row[f'd{figure}_mean']:+.{digits}f} {interval} | {verdict((low, high), sign)} |")
+                         f"{with_interval(row, figure, digits)} | {verdict(row[f'd{figure}_ci95'], sign)} |")
     return lines
 
 
