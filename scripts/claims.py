@@ -1,7 +1,8 @@
 """The paper's three claims read from an experiment folder: for each, the seed-paired differences that test it with
 their 95% intervals (grads.summary.paired) and a verdict per figure: "supports" when the interval lies on the
-claim's side of 0, "contradicts" when it lies on the other side, "cannot tell" when it holds 0. Run from the
-repository root:
+claim's side of 0, "contradicts" when it lies on the other side, "cannot tell" when it holds 0; and the
+resolution of each comparison: the smallest true difference its pairs would detect with power 0.8 (α = 0.05,
+from the observed spread of the paired differences). Run from the repository root:
 
     .venv/bin/python scripts/claims.py results/claim-medmcqa
 
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 from grads.experiment import load_config
-from grads.summary import figures_by_run, load_runs, paired, with_interval
+from grads.summary import detectable_difference, figures_by_run, load_runs, paired, with_interval
 
 LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F")
 LABELS = {"G_bpb": "G_bpb", "G": "G_acc", "F_bpb": "F_bpb", "F": "F_acc"}
@@ -55,6 +56,14 @@ def verdict(interval: tuple[float, float], sign: int) -> str:
     return "cannot tell"
 
 
+def resolution(row: dict, figure: str, digits: int) -> str:
+    """The smallest true difference these pairs would find with power 0.8 (α = 0.05 two-sided), from the spread
+    of the observed paired differences: what a 'cannot tell' rules out. '—' with fewer than two pairs."""
+    if row["n_pairs"] < 2:
+        return "—"
+    return f"{detectable_difference(row[f'd{figure}_std'], row['n_pairs']):.{digits}f}"
+
+
 def name(arm: tuple[str, float | None]) -> str:
     return arm[0] if arm[1] is None else f"{arm[0]}-{arm[1]:g}"
 
@@ -63,8 +72,8 @@ def rows(out: Path) -> list[str]:
     cfg = load_config(out / "config.yaml")
     base = json.loads((out / "runs" / "base" / "results.json").read_text())
     by_run = figures_by_run(load_runs(out), base, cfg.eval)
-    lines = ["| claim | arm − reference | pairs | figure | mean difference [95% interval] | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| claim | arm − reference | pairs | figure | mean difference [95% interval] | verdict | resolution |",
+             "|---|---|---|---|---|---|---|"]
     for claim, arm, reference, figures in COMPARISONS:
         row = paired(by_run, arm, reference)
         if not row["n_pairs"]:
@@ -73,7 +82,8 @@ def rows(out: Path) -> list[str]:
             digits = 4 if figure.endswith("bpb") else 3
             sign = +1 if figure in LEARNING else -1
             lines.append(f"| {claim} | {name(arm)} − {name(reference)} | {row['n_pairs']} | {LABELS[figure]} | "
-                         f"{with_interval(row, figure, digits)} | {verdict(row[f'd{figure}_ci95'], sign)} |")
+                         f"{with_interval(row, figure, digits)} | {verdict(row[f'd{figure}_ci95'], sign)} | "
+                         f"{resolution(row, figure, digits)} |")
     return lines
 
 

@@ -56,15 +56,20 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     cells = {(c[1], c[3]): (c[4], c[5]) for c in (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    resolution = {(c[1], c[3]): c[6] for c in (line.split(" | ") for line in done.stdout.splitlines()[2:])}
     # grads-0.05 − full, G_bpb per seed: −0.05, −0.03, −0.04: mean −0.04, sd 0.01; t(0.975, 2) = 4.3027 (a t table)
     half = 4.302652729911275 * 0.01 / 3 ** 0.5
     assert cells[("grads-0.05 − full", "G_bpb")] == (f"-0.0400 [{-0.04 - half:+.4f}, {-0.04 + half:+.4f}]",
-                                                    "contradicts |")
-    assert cells[("grads-0.5 − full", "G_bpb")][1] == "supports |"  # +0.10, +0.09, +0.09
-    assert cells[("grads-0.5 − grads-0.05", "G_bpb")][1] == "supports |"
-    assert cells[("grads-0.05 − random-0.05", "G_bpb")][1] == "cannot tell |"  # +0.02, −0.02, +0.01
+                                                    "contradicts")
+    # resolution at power 0.8: (t(0.975, 2) + t(0.8, 2)) · sd / √3; for 2 degrees of freedom
+    # t(p) = (2p − 1) / √(2p(1 − p)), so t(0.8, 2) = 0.6 / √0.32
+    detectable = (4.302652729911275 + 0.6 / 0.32 ** 0.5) * 0.01 / 3 ** 0.5
+    assert resolution[("grads-0.05 − full", "G_bpb")] == f"{detectable:.4f} |"
+    assert cells[("grads-0.5 − full", "G_bpb")][1] == "supports"  # +0.10, +0.09, +0.09
+    assert cells[("grads-0.5 − grads-0.05", "G_bpb")][1] == "supports"
+    assert cells[("grads-0.05 − random-0.05", "G_bpb")][1] == "cannot tell"  # +0.02, −0.02, +0.01
     # forgetting: grads' general bpb 0.71 against full's 0.710, 0.711, 0.712: −0.001 ± 0.001, holds 0
-    assert cells[("grads-0.05 − full", "F_bpb")][1] == "cannot tell |"
+    assert cells[("grads-0.05 − full", "F_bpb")][1] == "cannot tell"
     assert ("grads@full-steps-0.05 − full", "G_bpb") not in cells  # an arm the folder lacks is left out
 
 
