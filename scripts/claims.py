@@ -8,8 +8,10 @@ from the observed spread of the paired differences). Run from the repository roo
 
 Claims (Liu et al., 2025): (1) 5% of GrADS data beats the whole pool; (2) 50% does better still; (3) GrADS
 forgets less (than the whole pool and than random data). Also: does a GrADS subset beat random examples, and
-random examples carrying the same answer tokens (`random-tokens`)? Learning figures (G_bpb, G_acc) should be
-> 0 for a claim to hold; forgetting figures (F_bpb, F_acc) < 0.
+random examples carrying the same answer tokens (`random-tokens`)? Learning figures (G_bpb, G_acc) should be > 0
+for a claim to hold; forgetting figures (F_bpb, F_acc) < 0. And controls: a random subset of the same size
+against the whole pool, read with the same signs, so that a claim's verdict can be told apart from what any
+subset that size does (a claim GrADS "supports" only as much as random data does is not evidence for selection).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ COMPARISONS = [
     ("3. less forgetting than the whole pool", ("grads", 0.5), ("full", None), FORGETTING),
     ("3. less forgetting than random", ("grads", 0.05), ("random", 0.05), FORGETTING),
     ("3. less forgetting than random", ("grads", 0.5), ("random", 0.5), FORGETTING),
+    ("control: any 5% against the whole pool", ("random", 0.05), ("full", None), LEARNING + FORGETTING),
+    ("control: any 50% against the whole pool", ("random", 0.5), ("full", None), LEARNING + FORGETTING),
     ("selection beats random", ("grads", 0.05), ("random", 0.05), LEARNING),
     ("selection beats random", ("grads", 0.5), ("random", 0.5), LEARNING),
     ("selection beats random (equal compute)", ("grads@full-steps", 0.05), ("random@full-steps", 0.05), LEARNING),

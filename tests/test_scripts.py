@@ -70,6 +70,8 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     assert cells[("grads-0.05 − random-0.05", "G_bpb")][1] == "cannot tell"  # +0.02, −0.02, +0.01
     # forgetting: grads' general bpb 0.71 against full's 0.710, 0.711, 0.712: −0.001 ± 0.001, holds 0
     assert cells[("grads-0.05 − full", "F_bpb")][1] == "cannot tell"
+    # the control, random-0.05 − full: −0.07, −0.01, −0.05 (sd 0.0306): holds 0
+    assert cells[("random-0.05 − full", "G_bpb")] == ("-0.0433 [-0.1192, +0.0326] not distinguishable", "cannot tell")
     assert ("grads@full-steps-0.05 − full", "G_bpb") not in cells  # an arm the folder lacks is left out
 
 
