@@ -55,8 +55,9 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    cells = {(c[1], c[3]): (c[4], c[5]) for c in (line.split(" | ") for line in done.stdout.splitlines()[2:])}
-    resolution = {(c[1], c[3]): c[6] for c in (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    table = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    cells = {(c[1], c[3]): (c[4], c[5]) for c in table}
+    resolution = {(c[1], c[3]): c[6] for c in table}
     # grads-0.05 − full, G_bpb per seed: −0.05, −0.03, −0.04: mean −0.04, sd 0.01; t(0.975, 2) = 4.3027 (a t table)
     half = 4.302652729911275 * 0.01 / 3 ** 0.5
     assert cells[("grads-0.05 − full", "G_bpb")] == (f"-0.0400 [{-0.04 - half:+.4f}, {-0.04 + half:+.4f}]",
