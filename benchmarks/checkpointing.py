@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from grads import bundled
 from grads.config import DataConfig, ModelConfig, TrainConfig, TrainJob
-from grads.training import run_train
+from grads.data import bundled
+from grads.stages.train import run_train
 
 
 def train(model: str, pool: Path, steps: int, checkpointing: bool, out: Path) -> tuple[float, dict]:

@@ -30,51 +30,22 @@ import time
 from pathlib import Path
 
 import torch
+from bench_models import CONFIGS, load
 
 OURS = "grads_kernel"
 BASE = ("train_step", "naive_loop", OURS)
 PEERS = ("torch_func", "opacus", "opacus_ghost", "bergson")
 SHAPES = ("answer-only", "all-target")
-# random-weight models of real shapes, for machines without the bundled model (time does not depend on weights)
-CONFIGS = {
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
-    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                     num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
-    "tiny": dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-}
-
-
-def load(model_name: str, device: str, dtype: str, untie: bool = False):
-    """A grads model name (real weights, fp32 on CPU), or 'tiny' / 'random:NAME' (random weights of CONFIGS[NAME]);
-    untie: the LM head gets its own copy of the embedding (so tools that refuse tied weights can run)."""
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    name = "random:tiny" if model_name == "tiny" else model_name
-    if name.startswith("random:"):
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**CONFIGS[name.split(":", 1)[1]], pad_token_id=0))
-    else:
-        from grads.models import load_model
-
-        model = load_model(name, device="cpu", dtype="float32")
-    if untie and model.get_output_embeddings().weight is model.get_input_embeddings().weight:
-        model.get_output_embeddings().weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-        model.config.tie_word_embeddings = False
-    return model.to(device=device, dtype=torch_dtype).eval()
-
-
 def medmcqa_batches(n_batches: int, batch_size: int, lo: int, hi: int):
     """Real MedMCQA examples whose length lies in [lo, hi], batched as grads score batches a pool: sorted by
     length, so neighbours in a batch have nearly the same length (a window from the middle of that order)."""
     import tempfile
 
-    from grads.bundled import prepare_medmcqa
-    from grads.data import load_pool, tokenize_example
-    from grads.models import load_tokenizer
-    from grads.scoring import collate
+    from grads.data.batches import collate
+    from grads.data.bundled import prepare_medmcqa
+    from grads.data.formats import load_pool
+    from grads.data.tokenize import tokenize_example
+    from grads.infra.models import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +61,7 @@ def medmcqa_batches(n_batches: int, batch_size: int, lo: int, hi: int):
 
 def synthetic_batches(n_batches: int, batch_size: int, length: int, answer: int, vocab: int):
     """Random token ids, `length` tokens per example, the last `answer` of them labelled (no padding)."""
-    from grads.data import IGNORE_INDEX
+    from grads.core.gradnorms import IGNORE_INDEX
 
     g = torch.Generator().manual_seed(0)
     out = []
@@ -104,7 +75,7 @@ def synthetic_batches(n_batches: int, batch_size: int, length: int, answer: int,
 
 def shaped(batches: list[dict], shape: str) -> list[dict]:
     """all-target: every real token is a target (the same tokens; only the labels change)."""
-    from grads.data import IGNORE_INDEX
+    from grads.core.gradnorms import IGNORE_INDEX
 
     if shape == "answer-only":
         return batches
@@ -141,7 +112,7 @@ def naive_loop(model, batch):
 
 
 def grads_kernel(model, batch):
-    from grads.gradnorms import per_example_grad_norms
+    from grads.core.gradnorms import per_example_grad_norms
 
     return per_example_grad_norms(model, batch, tied_total=True)
 

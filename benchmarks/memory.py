@@ -64,7 +64,8 @@ def selection_time(n: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from grads.selection import SignalConfig, auto_ratio, density, select
+    from grads.core.rules import auto_ratio, select
+    from grads.core.signals import DensitySpec, density
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({
@@ -72,7 +73,7 @@ def selection_time(n: int) -> dict:
         "n_tokens": rng.integers(20, 500, n), "n_target_tokens": rng.integers(1, 300, n),
         "loss": rng.gamma(2.0, 1.0, n), "emb_grad_norm": rng.lognormal(0, 1, n),
         "head_grad_norm": rng.lognormal(1, 0.5, n), "tied_grad_norm": np.nan})
-    cfg = SignalConfig()
+    cfg = DensitySpec()
     started = time.perf_counter()
     frame["combined"], frame["density"], _ = density(frame, cfg)
     t_density = time.perf_counter() - started

@@ -1,5 +1,5 @@
 """Per-example gradient norms of a causal LM's input embedding E and LM head W, computed with the tools a user
-would reach for instead of `grads.gradnorms.per_example_grad_norms`, so benchmarks can time them side by side.
+would reach for instead of `grads.core.gradnorms.per_example_grad_norms`, so benchmarks can time them side by side.
 
 Same definitions as grads' kernel: example i's loss L_i is the mean cross-entropy over its own target tokens
 (position t's logits predict labels[t+1]); "embedding" = ‖∂L_i/∂E‖_F through the input-embedding lookup only,
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from grads.core.gradnorms import IGNORE_INDEX
+
 Norms = dict[str, Tensor]
 
 PEER_NOTES: dict[str, str] = {
@@ -308,8 +309,9 @@ PEERS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Norms]] = {
 
 def _check_batch(tokenizer) -> dict[str, Tensor]:
     """Four chat examples of different lengths, right padded; the pad token <|im_end|> also occurs as real text."""
-    from grads.data import Example, tokenize_example
-    from grads.scoring import collate
+    from grads.data.batches import collate
+    from grads.data.formats import Example
+    from grads.data.tokenize import tokenize_example
 
     pairs = [("What is 2+2?", "4"),
              ("Name the largest organ of the human body and say briefly why.", "The skin, which covers the body."),
@@ -346,10 +348,10 @@ def main() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gradnorms import load
+    from bench_models import load
 
-    from grads.gradnorms import per_example_grad_norms
-    from grads.models import load_tokenizer
+    from grads.core.gradnorms import per_example_grad_norms
+    from grads.infra.models import load_tokenizer
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")

@@ -1,5 +1,5 @@
 """The paper's three claims read from an experiment folder: for each, the seed-paired differences that test it with
-their 95% intervals (grads.summary.paired) and a verdict per figure: "supports" when the interval lies on the
+their 95% intervals (grads.experiment.stats.paired) and a verdict per figure: "supports" when the interval lies on the
 claim's side of 0, "contradicts" when it lies on the other side, "cannot tell" when it holds 0; and the
 resolution of each comparison: the smallest true difference its pairs would detect with power 0.8 (α = 0.05,
 from the observed spread of the paired differences). Run from the repository root:
@@ -20,8 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from grads.experiment import load_config
-from grads.summary import detectable_difference, figures_by_run, load_runs, paired, with_interval
+from grads.experiment.config import load_config
+from grads.experiment.stats import detectable_difference, figures_by_run, load_runs, paired
+from grads.experiment.tables import with_interval
 
 LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F")
 LABELS = {"G_bpb": "G_bpb", "G": "G_acc", "F_bpb": "F_bpb", "F": "F_acc"}

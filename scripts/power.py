@@ -1,6 +1,6 @@
 """How many seeds a grid needs, from a pilot: the seed SD of each figure of the `full` runs, the SD of a paired
 difference between two arms (√2 · SD, two independent runs per seed), and the smallest paired difference a grid
-of n seeds detects (α = 0.05 two-sided, power 0.8; grads.summary.detectable_difference), against a target of
+of n seeds detects (α = 0.05 two-sided, power 0.8; grads.experiment.stats.detectable_difference), against a target of
 `--share` (default 20%) of the full pool's mean G_bpb. Run from the repository root:
 
     .venv/bin/python scripts/power.py results/claim-medmcqa-pilot
@@ -13,8 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from grads.experiment import load_config
-from grads.summary import detectable_difference, load_runs, mean_std, run_figures
+from grads.experiment.config import load_config
+from grads.experiment.stats import detectable_difference, load_runs, mean_std, run_figures
 
 
 def main(pilot: Path, share: float, seeds: range) -> None:

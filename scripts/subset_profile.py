@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from grads.selection import SignalConfig, density, select
-from grads.subsets import load_scores
+from grads.core.rules import select
+from grads.core.signals import DensitySpec, density
+from grads.stages.select import load_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = {"θ1": ROOT / "results/medmcqa-smollm2/select", "θ0": ROOT / "results/variant-no-warmup/select"}
@@ -42,7 +43,7 @@ def main(folders: dict[str, Path]) -> None:
     for ratio in (0.05, 0.25, 0.5):
         picked = {}
         for at, signal, rule in RULES:
-            cfg = SignalConfig(signal=signal)
+            cfg = DensitySpec(signal=signal)
             frame = tables[at].copy()
             frame["combined"], frame["density"], _ = density(frame, cfg)
             picked[at, signal, rule] = idx = np.asarray(select(frame, rule, ratio, 0, cfg))

@@ -44,7 +44,7 @@ def tiny_qwen2(vocab_size: int = 97, seed: int = 0, tied: bool = True):
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from grads.models import load_tokenizer
+    from grads.infra.models import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 
@@ -61,7 +61,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
 
 @pytest.fixture(scope="session")
 def medmcqa_dir(tmp_path_factory):
-    from grads.bundled import prepare_medmcqa
+    from grads.data.bundled import prepare_medmcqa
 
     path = tmp_path_factory.mktemp("medmcqa")
     prepare_medmcqa(path)

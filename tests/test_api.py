@@ -58,7 +58,7 @@ def test_grads_auto_reports_the_ratio_it_chose(tmp_path, tiny_model_dir):
 
 
 def test_score_with_a_loaded_model_equals_score_by_name(tiny_model_dir):
-    from grads.models import load_model, load_tokenizer
+    from grads.infra.models import load_model, load_tokenizer
 
     by_name = grads.score(RECORDS, str(tiny_model_dir), max_length=64, batch_size=4)
     model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
@@ -71,7 +71,7 @@ def test_score_with_a_loaded_model_equals_score_by_name(tiny_model_dir):
 def test_unknown_settings_and_a_model_without_its_tokenizer_are_refused(tiny_model_dir):
     with pytest.raises(TypeError, match="unknown setting.*batchsize"):
         grads.select(RECORDS, str(tiny_model_dir), batchsize=4)
-    from grads.models import load_model
+    from grads.infra.models import load_model
 
     with pytest.raises(ValueError, match="needs its tokenizer"):
         grads.score(RECORDS, load_model(str(tiny_model_dir)))

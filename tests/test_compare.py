@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grads.compare import compare, compare_command, compare_validation, eval_tasks
 from grads.errors import GradsError
-from grads.experiment import ExperimentConfig
+from grads.experiment.compare import compare, compare_command, compare_validation, eval_tasks
+from grads.experiment.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """model: smollm2-135m-instruct

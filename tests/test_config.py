@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from grads.config import TrainConfig
-from grads.experiment import ExperimentConfig
+from grads.experiment.config import ExperimentConfig
 
 
 def test_an_added_setting_at_its_default_is_left_out_of_settings_and_fingerprints():

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
 
-from grads.data import IGNORE_INDEX, Example, TokenizedExample, load_pool, tokenize_example, truncate
+from grads.core.gradnorms import IGNORE_INDEX
+from grads.data.formats import Example, load_pool
+from grads.data.tokenize import TokenizedExample, tokenize_example, truncate
 from grads.errors import GradsError
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},

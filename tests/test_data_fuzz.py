@@ -7,7 +7,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grads.data import load_pool
+from grads.data.formats import load_pool
 from grads.errors import GradsError
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),

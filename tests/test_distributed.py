@@ -153,7 +153,7 @@ def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outp
 
 
 def test_an_accelerate_launch_with_the_fsdp_plugin_asks_for_sharded_scoring(monkeypatch):
-    from grads.distributed import fsdp_requested
+    from grads.infra.distributed import fsdp_requested
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     assert not fsdp_requested(False) and fsdp_requested(True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_llama, write_jsonl
 
-from grads.evaluation import evaluate, loglikelihoods, wilson_interval
-from grads.tasks import TaskSpec, build_items
+from grads.eval.loglik import evaluate, loglikelihoods, wilson_interval
+from grads.eval.tasks import TaskSpec, build_items
 
 
 class AlwaysLetterA(torch.nn.Module):
@@ -35,7 +35,7 @@ def test_rigged_model_gets_exactly_the_questions_whose_answer_is_a(tmp_path, smo
     favourite = smol_tokenizer(" A", add_special_tokens=False)["input_ids"]
     assert len(favourite) == 1
     model = AlwaysLetterA(len(smol_tokenizer), favourite[0])
-    result = evaluate(model, smol_tokenizer, [str(task)], rotations=1)["mine"]  # the options as given
+    result = evaluate(model, smol_tokenizer, [str(task)], batch_size=8, rotations=1)["mine"]  # the options as given
     assert (result["correct"], result["n"], result["accuracy"]) == (4, 8, 0.5)
     assert result["ci95"] == pytest.approx(list(wilson_interval(4, 8)))
 
@@ -47,26 +47,26 @@ def test_a_constant_letter_scores_exactly_chance_under_rotation(tmp_path, smol_t
         task = write_jsonl(tmp_path / f"k{k}.jsonl", [{"question": f"Question {i}?", "choices": list("vwxyz")[:k],
                                                        "answer": a} for i, a in enumerate(answers)])
         model = AlwaysLetterA(len(smol_tokenizer), smol_tokenizer(" A", add_special_tokens=False)["input_ids"][0])
-        result = evaluate(model, smol_tokenizer, [str(task)])[f"k{k}"]
+        result = evaluate(model, smol_tokenizer, [str(task)], batch_size=8)[f"k{k}"]
         assert result["accuracy"] == 1 / k and (result["n"], result["rotations"]) == (len(answers), k)
         assert result["correct"] == len(answers) and result["n_scored"] == k * len(answers)
         by_question = {}
         for record in result["items"]:
             by_question.setdefault(record["id"], []).append(record["correct"])
         assert all(sum(v) == 1 and len(v) == k for v in by_question.values())
-    two = evaluate(model, smol_tokenizer, [str(tmp_path / "k4.jsonl")], rotations=2)["k4"]
+    two = evaluate(model, smol_tokenizer, [str(tmp_path / "k4.jsonl")], batch_size=8, rotations=2)["k4"]
     assert two["rotations"] == 2 and two["n_scored"] == 16
 
 
 def test_gold_bits_per_byte_equal_a_direct_forward(smol_tokenizer):
     """NAME:bpb and GSM8K: Σ NLL of the gold continuation over ln 2 · its UTF-8 bytes, by hand."""
-    from grads.evaluation import task_items
-    from grads.tasks import resolve_task
+    from grads.eval.loglik import task_items
+    from grads.eval.tasks import resolve_task
 
     model = tiny_llama(vocab_size=len(smol_tokenizer), hidden=32).double()
     for name in ["arc_easy:bpb", "gsm8k"]:
         key, spec = resolve_task(name)
-        result = evaluate(model, smol_tokenizer, [name], limit=4)[key]
+        result = evaluate(model, smol_tokenizer, [name], batch_size=8, limit=4)[key]
         items, _ = task_items(smol_tokenizer, key, spec, 4)
         nll, n_bytes = 0.0, 0
         for item in items:
@@ -80,8 +80,8 @@ def test_gold_bits_per_byte_equal_a_direct_forward(smol_tokenizer):
         assert result["n"] == 4 and "accuracy" not in result
         assert result["bpb"] == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-6), name
     # a cloze task scored for accuracy reports the gold answers' bpb too
-    both = evaluate(model, smol_tokenizer, ["arc_easy"], limit=4)["arc_easy"]
-    assert both["bpb"] == pytest.approx(evaluate(model, smol_tokenizer, ["arc_easy:bpb"], limit=4)["arc_easy:bpb"]
+    both = evaluate(model, smol_tokenizer, ["arc_easy"], batch_size=8, limit=4)["arc_easy"]
+    assert both["bpb"] == pytest.approx(evaluate(model, smol_tokenizer, ["arc_easy:bpb"], batch_size=8, limit=4)["arc_easy:bpb"]
                                         ["bpb"], rel=1e-6)
 
 
@@ -97,8 +97,8 @@ def test_shared_context_scoring_equals_plain_scoring(smol_tokenizer):
     model = tiny_llama(vocab_size=len(smol_tokenizer), hidden=32)
     pairs = [("Question: what?\nAnswer:", " A"), ("Question: what?\nAnswer:", " B"), ("The cat", " sat on it"),
              ("The cat", " ran"), ("Alone here", " yes")]
-    shared = loglikelihoods(model, smol_tokenizer, pairs, share_context=True)
-    plain = loglikelihoods(model, smol_tokenizer, pairs, share_context=False)
+    shared = loglikelihoods(model, smol_tokenizer, pairs, 8, share_context=True)
+    plain = loglikelihoods(model, smol_tokenizer, pairs, 8, share_context=False)
     assert shared == pytest.approx(plain, rel=1e-5)
     # an independent check of one pair: the full forward's log-probabilities
     ids = smol_tokenizer("Question: what?\nAnswer: A")["input_ids"]
@@ -107,7 +107,7 @@ def test_shared_context_scoring_equals_plain_scoring(smol_tokenizer):
 
 
 def test_declared_tasks_build_items_from_bundled_data():
-    from grads.tasks import TASKS
+    from grads.eval.tasks import TASKS
 
     for name in ["arc_easy", "winogrande", "boolq", "piqa", "sciq"]:
         items = build_items(TASKS[name], None)
@@ -131,7 +131,7 @@ def test_lm_eval_backend_scores_the_same_questions_the_same_way(tmp_path, smol_t
     """Letter-style (chat-rendered) and Winogrande-style tasks through lm-evaluation-harness give exactly the
     accuracy of grads' own evaluator on the same model and the same questions."""
     pytest.importorskip("lm_eval")
-    from grads.lm_eval_backend import evaluate_lm_eval
+    from grads.eval.harness import evaluate_lm_eval
 
     torch.manual_seed(3)
     model = tiny_llama(vocab_size=len(smol_tokenizer), tied=True, hidden=32)
@@ -139,7 +139,7 @@ def test_lm_eval_backend_scores_the_same_questions_the_same_way(tmp_path, smol_t
         {"question": f"Which is number {i}?", "choices": [f"{i}", f"{i + 1}", f"{i + 2}"], "answer": i % 3}
         for i in range(16)])
     names = [str(task), "winogrande"]
-    ours = evaluate(model, smol_tokenizer, names, limit=12)
+    ours = evaluate(model, smol_tokenizer, names, limit=12, batch_size=4)
     theirs = evaluate_lm_eval(model, smol_tokenizer, names, limit=12, batch_size=4)
     for key in ("mine", "winogrande"):
         assert theirs[key]["n"] == ours[key]["n"] == 12

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from grads.config import EvalConfig
-from grads.experiment import ExperimentConfig, planned_runs
-from grads.summary import aggregate, confidence_interval, paired_differences, run_figures
+from grads.experiment.config import ExperimentConfig
+from grads.experiment.grid import planned_runs
+from grads.experiment.stats import aggregate, confidence_interval, paired_differences, run_figures
 
 
 def tasks(**acc):
@@ -224,7 +225,7 @@ def test_full_steps_are_one_full_pool_run_of_the_recipe():
 
     import numpy as np
 
-    from grads.experiment import full_pool_steps
+    from grads.experiment.grid import full_pool_steps
 
     pool = SimpleNamespace(n_target_tokens=np.array([3] * 1199 + [0]))  # one example has no answer token
     assert full_pool_steps(ExperimentConfig(train={"batch_size": 8}), pool) == 150  # ceil(1199 / 8)
@@ -233,7 +234,7 @@ def test_full_steps_are_one_full_pool_run_of_the_recipe():
 
 
 def test_detectable_difference_is_the_paired_t_formula():
-    from grads.summary import detectable_difference
+    from grads.experiment.stats import detectable_difference
 
     # t(0.975, 4) = 2.7764, t(0.80, 4) = 0.9410 (t tables): (2.7764 + 0.9410) · 0.01 / √5
     assert detectable_difference(0.01, 5) == pytest.approx((2.776445 + 0.940965) * 0.01 / 5 ** 0.5, rel=1e-5)

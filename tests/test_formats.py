@@ -15,7 +15,8 @@ import pytest
 from conftest import write_jsonl
 
 from grads.config import DataConfig
-from grads.data import file_sha256, iter_examples, load_pool, raw_rows
+from grads.data.formats import iter_examples, load_pool
+from grads.data.readers import file_sha256, raw_rows
 from grads.errors import GradsError
 
 PC = {"prompt": "Capital of France?", "completion": "Paris."}

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from grads.cli import app
 from grads.config import DataConfig, ModelConfig, SelectConfig, SelectJob, TrainConfig
-from grads.experiment import load_config
-from grads.warmup import warmup_plan
+from grads.experiment.config import load_config
+from grads.stages.warmup import warmup_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def golden_digests(pool: Path, out: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_select_on_the_demo_pool_writes_the_same_files_as_before(tmp_path, medmcqa_dir, monkeypatch):
-    from grads.models import builtin_cache_dir, cache_builtin
+    from grads.infra.models import builtin_cache_dir, cache_builtin
 
     model = cache_builtin("smollm2-135m-instruct")
     monkeypatch.setenv("GRADS_HOME", str(tmp_path / "home"))  # tokenised afresh, not from the shared token cache

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_gpt2, tiny_llama, tiny_qwen2
 
-from grads.gradnorms import IGNORE_INDEX, per_example_grad_norms
+from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms
 
 RTOL = 1e-4
 

@@ -13,7 +13,7 @@ from conftest import tiny_llama, write_jsonl
 from typer.testing import CliRunner
 
 from grads.cli import app
-from grads.heldout import read_heldout, score_heldout
+from grads.eval.heldout import read_heldout, score_heldout
 
 RECORDS = [{"id": f"h{i}", "prompt": f"What is {i} times {i + 2}?",
             "completion": f"It is {i * (i + 2)}. " * (1 + i % 3)} for i in range(9)]
@@ -70,7 +70,7 @@ def test_every_input_format_gives_the_same_scores(tmp_path, smol_tokenizer, monk
 def test_fine_tuning_on_gsm8k_lowers_the_held_out_bpb_and_grads_eval_shows_it(tmp_path, tiny_model_dir):
     """A second domain (GSM8K worked solutions): `grads train` on the pool, `grads eval --heldout` on the held-out
     split before and after; the per-example records land beside the JSON."""
-    from grads.bundled import prepare_gsm8k
+    from grads.data.bundled import prepare_gsm8k
 
     data = tmp_path / "gsm8k"
     prepare_gsm8k(data)

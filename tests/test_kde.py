@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import gaussian_kde as scipy_kde
 
-from grads.kde import bandwidth, gaussian_kde
+from grads.core.kde import bandwidth, gaussian_kde
 
 
 def sample(n: int, seed: int = 0) -> np.ndarray:

@@ -18,10 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from grads import atomic
+from grads.core.rules import id_hash, select
+from grads.core.signals import SIGNALS, DensitySpec, combined_signal, density
 from grads.errors import GradsError
-from grads.report import FLAT_DENSITY, write_report
-from grads.selection import SIGNALS, SignalConfig, combined_signal, density, id_hash, select
+from grads.infra import atomic
+from grads.stages.report import FLAT_DENSITY, write_report
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")},
@@ -89,7 +90,7 @@ def test_atomic_folder_gets_the_mode_mkdir_would_give(tmp_path, umask):
 
 HOLD = """
 import sys, time
-from grads import atomic
+from grads.infra import atomic
 with atomic.folder_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -222,7 +223,7 @@ def test_a_small_real_spread_is_still_standardised():
     assert combined_signal(frame, "robust-zsum").std() > 0.5
 
 
-def report_inputs(frame: pd.DataFrame, cfg: SignalConfig):
+def report_inputs(frame: pd.DataFrame, cfg: DensitySpec):
     frame = frame.copy()
     frame["combined"], frame["density"], h = density(frame, cfg)
     picked = select(frame, "grads", 0.1, cfg=cfg)
@@ -238,7 +239,7 @@ def report_inputs(frame: pd.DataFrame, cfg: SignalConfig):
 
 
 def test_report_of_a_flat_pool_says_the_density_is_flat(tmp_path):
-    cfg = SignalConfig()
+    cfg = DensitySpec()
     stale = tmp_path / "plots" / "signal_kde.png"
     stale.parent.mkdir()
     stale.write_bytes(b"an earlier run's plot")
@@ -252,7 +253,7 @@ def test_report_of_a_flat_pool_says_the_density_is_flat(tmp_path):
 
 
 def test_report_with_a_spread_still_draws_the_kde(tmp_path):
-    cfg = SignalConfig()
+    cfg = DensitySpec()
     rng = np.random.default_rng(0)
     frame = table(rng.random(N) + 0.5, rng.random(N) + 0.5)
     page = write_report(tmp_path, *report_inputs(frame, cfg)).read_text()

@@ -12,8 +12,8 @@ from conftest import write_jsonl
 from typer.testing import CliRunner
 
 from grads.cli import app
-from grads.scoring import collate
-from grads.selection import RULES, select
+from grads.core.rules import RULES, select
+from grads.data.batches import collate
 
 METHODS = list(RULES)
 
@@ -76,9 +76,10 @@ def test_outputs_hold_the_chosen_rows_verbatim_in_input_order(selected, pool_fil
 
 
 def test_scores_are_those_of_the_warm_up_model(selected, pool_file):
-    from grads.data import load_pool, tokenize_example
-    from grads.gradnorms import per_example_grad_norms
-    from grads.models import load_model, load_tokenizer
+    from grads.core.gradnorms import per_example_grad_norms
+    from grads.data.formats import load_pool
+    from grads.data.tokenize import tokenize_example
+    from grads.infra.models import load_model, load_tokenizer
 
     warm = selected / "warmup" / "model"
     done = json.loads((warm / "done.json").read_text())
@@ -97,8 +98,10 @@ def test_answer_only_losses_are_the_answer_alone_cross_entropy(selected, pool_fi
     """IFD's denominator, recomputed one example at a time with plain autograd-free cross-entropy."""
     import torch
 
-    from grads.data import IGNORE_INDEX, load_pool, tokenize_example
-    from grads.models import load_model, load_tokenizer
+    from grads.core.gradnorms import IGNORE_INDEX
+    from grads.data.formats import load_pool
+    from grads.data.tokenize import tokenize_example
+    from grads.infra.models import load_model, load_tokenizer
 
     warm = selected / "warmup" / "model"
     model, tokenizer = load_model(str(warm)), load_tokenizer(str(warm))
@@ -157,7 +160,7 @@ def test_a_folder_with_another_run_is_refused(selected, pool_file, capsys):
 def test_bad_ratio_and_method_exit_2(pool_file, tmp_path, capsys):
     from grads.cli import main
 
-    for extra, message in [(["--ratio", "1.5"], "--ratio must be in (0, 1]"), (["--method", "best"],
+    for extra, message in [(["--ratio", "1.5"], "a ratio must be in (0, 1]"), (["--method", "best"],
                                                                                "unknown method")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["select", "--model", "x", "--data", str(pool_file), "--out", str(tmp_path / "o"), *extra])

@@ -7,10 +7,11 @@ import copy
 import pytest
 from test_gradnorms import brute_force
 
-from grads.data import load_pool, tokenize_example
-from grads.gradnorms import per_example_grad_norms
-from grads.models import load_model
-from grads.scoring import collate
+from grads.core.gradnorms import per_example_grad_norms
+from grads.data.batches import collate
+from grads.data.formats import load_pool
+from grads.data.tokenize import tokenize_example
+from grads.infra.models import load_model
 
 
 @pytest.fixture(scope="module")

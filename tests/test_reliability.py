@@ -29,11 +29,13 @@ import torch
 from conftest import tiny_llama, write_jsonl
 from typer.testing import CliRunner
 
-from grads import atomic
 from grads.cli import app, main
 from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, TrainConfig
-from grads.data import IGNORE_INDEX, load_pool, raw_rows
+from grads.core.gradnorms import IGNORE_INDEX
+from grads.data.formats import load_pool
+from grads.data.readers import raw_rows
 from grads.errors import GradsError
+from grads.infra import atomic
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "grads"
 PC = {"prompt": "Capital of France?", "completion": "Paris."}
@@ -290,7 +292,7 @@ def test_ratio_outside_0_1_is_refused(tmp_path, capsys, value):
     code, err, _ = run_main(["select", "--model", tmp_path / "no-such-model", "--data", pool, "--out",
                              tmp_path / "out", "--ratio", "0.5", f"--ratio={value}"], capsys)
     assert code == 2
-    assert_one_message(err, "", f"--ratio must be in (0, 1], got {float(value)}", "e.g. --ratio 0.05 --ratio 0.5")
+    assert_one_message(err, "", f"a ratio must be in (0, 1], got {float(value)}", "e.g. 0.05 keeps 5% of the eligible examples")
     assert not (tmp_path / "out").exists()
 
 
@@ -298,7 +300,7 @@ def test_ratio_of_one_is_accepted(tmp_path):
     job = SelectJob(model=ModelConfig(model="m"), data=DataConfig(data=tmp_path), out=tmp_path,
                     select=SelectConfig(ratios=(1.0, 1e-9)))  # the config checks ratios, methods and the signal
     assert job.select.ratios == (1.0, 1e-9)
-    with pytest.raises(GradsError, match="--ratio must be in"):
+    with pytest.raises(GradsError, match="a ratio must be in"):
         SelectConfig(ratios=(1.0001,))
 
 
@@ -310,8 +312,8 @@ def test_per_example_problems_get_a_status_and_never_abort(tmp_path, monkeypatch
     answer token (simulated: no valid input produces one today, see docs/reliability.md) are scored with a
     status, left out of every selection but the whole-pool baseline, and counted in selection.json and the
     report."""
-    import grads.token_cache
-    from grads.data import tokenize_example
+    import grads.data.pool
+    from grads.data.tokenize import tokenize_example
 
     records = [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {3 * i}?",
                 "completion": f"Answer: {4 * i}." + " Because." * (i % 4)} for i in range(14)]
@@ -516,7 +518,7 @@ def test_sigkill_while_writing_outputs_never_leaves_half_files(fresh):
 
 KILL_INSIDE_WRITE = """
 import os, signal, sys
-from grads import atomic
+from grads.infra import atomic
 def writer(tmp):
     with open(tmp, "wb") as f:
         f.write(b"new " * 1000)
@@ -693,7 +695,7 @@ def test_full_disk_errors_without_errno_and_from_libraries(tmp_path, capsys, mon
 def test_trust_remote_code_is_off_unless_asked(tmp_path, capsys, monkeypatch, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grads.models import load_model, load_tokenizer
+    from grads.infra.models import load_model, load_tokenizer
 
     calls = []
     for cls in (AutoTokenizer, AutoModelForCausalLM):
@@ -837,8 +839,8 @@ def test_report_escapes_every_example_text(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from grads.report import write_report
-    from grads.selection import SignalConfig
+    from grads.core.signals import DensitySpec
+    from grads.stages.report import write_report
 
     hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     n = 12
@@ -858,7 +860,7 @@ def test_report_escapes_every_example_text(tmp_path):
                "signal": {"bandwidth": 0.3, "signal": "zsum"}, "status_counts": {"ok": n - 1, hostile: 1},
                "outputs": {f"{hostile}.jsonl": {"method": "grads", "ratio": 0.5, "n_selected": 6, "ids": ids[:6],
                                                 "rule": hostile}}}
-    page = write_report(tmp_path, frame, summary, SignalConfig(), rows).read_text()
+    page = write_report(tmp_path, frame, summary, DensitySpec(), rows).read_text()
     for raw in ["<script", "<img src=x", "<h1>injected", "\x1b", "\u2028"]:
         assert raw not in page, raw
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10  # shown as text: ids, examples, path, ...

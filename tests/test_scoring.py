@@ -8,10 +8,11 @@ import torch
 from conftest import tiny_llama
 
 from grads.config import ScoreConfig
-from grads.data import IGNORE_INDEX, TokenizedExample
-from grads.gradnorms import per_example_grad_norms
-from grads.scoring import CHUNK_DIR, collate, plan_batches, score_examples
-from grads.token_cache import TokenizedPool
+from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms
+from grads.data.batches import collate, plan_batches
+from grads.data.pool import TokenizedPool
+from grads.data.tokenize import TokenizedExample
+from grads.stages.score import CHUNK_DIR, score_examples
 
 
 def pool(n: int = 13, vocab: int = 97) -> TokenizedPool:

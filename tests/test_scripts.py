@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from grads.summary import detectable_difference
+from grads.experiment.stats import detectable_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 

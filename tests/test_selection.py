@@ -8,15 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grads.selection import (
-    SignalConfig,
-    auto_ratio,
-    combined_signal,
-    density,
-    knee_index,
-    n_keep,
-    select,
-)
+from grads.core.rules import auto_ratio, knee_index, n_keep, select
+from grads.core.signals import DensitySpec, combined_signal, density
 
 
 def table(emb, head, loss=None, n_target=None, status=None, tied=None, answer_only=None) -> pd.DataFrame:
@@ -148,8 +141,8 @@ def test_knee_of_a_normal_density_curve():
 
 def test_density_config_changes_bandwidth():
     frame = table(EMB, HEAD)
-    _, _, h1 = density(frame, SignalConfig())
-    _, _, h2 = density(frame, SignalConfig(bandwidth_scale=2.0))
+    _, _, h1 = density(frame, DensitySpec())
+    _, _, h2 = density(frame, DensitySpec(bandwidth_scale=2.0))
     assert h2 == pytest.approx(2 * h1)
 
 

@@ -8,10 +8,11 @@ import json
 from typer.testing import CliRunner
 
 from grads.cli import app
-from grads.data import load_pool, tokenize_example
-from grads.gradnorms import per_example_grad_norms
-from grads.models import load_model, load_tokenizer
-from grads.scoring import collate
+from grads.core.gradnorms import per_example_grad_norms
+from grads.data.batches import collate
+from grads.data.formats import load_pool
+from grads.data.tokenize import tokenize_example
+from grads.infra.models import load_model, load_tokenizer
 
 
 def mean_answer_loss(model_name, pool_file):
@@ -58,7 +59,7 @@ def test_activation_checkpointing_is_a_runtime_setting_with_the_same_model(tmp_p
     import torch
     from safetensors.torch import load_file
 
-    import grads.training as training
+    import grads.stages.train as training
 
     told, sft_args = [], training._sft_args
 

@@ -5,9 +5,9 @@
     scores = grads.score(records, model, tokenizer=tokenizer)
 """
 
+from grads._version import __version__
 from grads.errors import GradsError
 
-__version__ = "0.1.0"
 __all__ = ["GradsError", "Selection", "__version__", "score", "select"]
 
 

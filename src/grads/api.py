@@ -7,7 +7,7 @@
     sel.ratio        # the ratio used (for grads-auto, the one it chose)
     sel.save("runs/sel")   # the files `grads select` writes: scores.parquet, selected/, selection.json, report.html
 
-These call the very stage entry points the CLI calls (grads.pipeline.run_select, grads.scoring.run_score); data
+These call the very stage entry points the CLI calls (grads.pipeline.run_select, grads.stages.score.run_score); data
 given in memory is written once as JSONL into the run's folder, and a loaded model is passed to scoring as it is
 (or saved once into the run's folder when a warm-up must fine-tune it). Settings are the config fields by name
 (`grads.config`): batch_size, max_length, limit, format, dtype, device, warmup_epochs, warmup_fraction, seed,
@@ -25,8 +25,17 @@ from typing import Any
 
 import pandas as pd
 
-from grads import atomic
-from grads.config import DataConfig, ModelConfig, ScoreConfig, ScoreJob, SelectConfig, SelectJob, TrainConfig
+from grads.config import (
+    DataConfig,
+    ModelConfig,
+    ScoreConfig,
+    ScoreJob,
+    SelectConfig,
+    SelectJob,
+    TrainConfig,
+    default,
+)
+from grads.infra import atomic
 
 # settings that several stages share: the CLI gives them one option too (--batch-size, --seed)
 _SHARED = {"batch_size": (ScoreConfig, TrainConfig), "seed": (SelectConfig,)}
@@ -84,7 +93,7 @@ def score(data, model, *, tokenizer=None, out: str | Path | None = None, progres
           **settings) -> pd.DataFrame:
     """Per-example loss and exact gradient norms: the rows of `grads score`'s scores.parquet, in input order.
     `out`: keep the run's folder there (resumable); by default a temporary folder is used and removed."""
-    from grads.scoring import run_score
+    from grads.stages.score import run_score
 
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-score-"))
     try:
@@ -125,13 +134,14 @@ class Selection:
         return out
 
 
-def select(data, model, ratio: float | None = 0.05, method: str = "grads", *, tokenizer=None,
+def select(data, model, ratio: float | None = default(SelectConfig, "ratios")[0],
+           method: str = default(SelectConfig, "methods")[0], *, tokenizer=None,
            out: str | Path | None = None, progress: bool = False, log=None, **settings) -> Selection:
     """`grads select` for one method and ratio (a method that chooses its own budget, as grads-auto, ignores
     `ratio`). `out`: the run's folder (kept; a rerun reuses its warm-up and scores); by default a new temporary
     folder, which `.save()` copies from and which is left for the system to clean."""
+    from grads.core.rules import RULES, output_name
     from grads.pipeline import run_select
-    from grads.selection import RULES, output_name
 
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-select-"))
     stage = _split(settings)

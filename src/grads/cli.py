@@ -124,7 +124,7 @@ def score(
     Example: grads score --model smollm2-135m-instruct --data pool.jsonl --out runs/score
     """
     from grads.config import ScoreJob
-    from grads.scoring import run_score
+    from grads.stages.score import run_score
 
     job = _configs(lambda: ScoreJob(model=model, data=data, score=ScoreConfig(batch_size=batch_size, fsdp=fsdp),
                                     out=out))
@@ -132,14 +132,14 @@ def score(
 
 
 def _method_help() -> str:
-    from grads.selection import RULES
+    from grads.core.rules import RULES
 
     return (f"one of {_choices(RULES)} (default {default(SelectConfig, 'methods')[0]}); repeatable; "
             "docs/method.md says what each keeps")
 
 
 def _signal_help() -> str:
-    from grads.selection import SIGNALS
+    from grads.core.signals import SIGNALS
 
     return f"combined signal of the density rules: {' | '.join(SIGNALS)}"
 
@@ -220,7 +220,7 @@ def train(
     Example: grads train --model smollm2-135m-instruct --data runs/sel/selected/grads-0.05.jsonl --out runs/ft
     """
     from grads.config import TrainJob
-    from grads.training import run_train
+    from grads.stages.train import run_train
 
     job = _configs(lambda: TrainJob(
         model=model, data=data,
@@ -257,10 +257,8 @@ def eval_cmd(
     Example: grads eval --model runs/ft/model --tasks domain --heldout data/medmcqa/heldout_explanations.jsonl
     --out results.json
     """
-    from grads.evaluation import run_eval
+    from grads.stages.evaluate import run_eval
 
-    if backend not in ("grads", "lm-eval"):
-        raise GradsError(f"unknown backend {backend!r}", hint="use --backend grads or --backend lm-eval")
     chosen = tuple(tasks) if tasks else (() if heldout else default(EvalJob, "tasks"))
     job = _configs(lambda: EvalJob(model=ModelConfig(model=model, dtype=dtype, device=device,
                                                      trust_remote_code=trust_remote_code),
@@ -284,7 +282,7 @@ def experiment(
 
     Example: grads experiment results/medmcqa-smollm2/config.yaml --out results/medmcqa-smollm2
     """
-    from grads.experiment import run_experiment
+    from grads.experiment.grid import run_experiment
 
     summary = run_experiment(config, out, log=lambda m: typer.echo(m, err=True), max_runs=max_runs)
     typer.echo(f"summary: {summary}")
@@ -309,7 +307,7 @@ def compare_cmd(
 
     Example: grads compare results/confirm-no-warmup --against results/medmcqa-smollm2 --tag "no warm-up"
     """
-    from grads.compare import compare_command
+    from grads.experiment.compare import compare_command
 
     typer.echo(compare_command(folders, against=against, tag=tag, validation=validation), nl=False)
 
@@ -331,7 +329,7 @@ def data_prepare(
 
     Example: grads data prepare medmcqa --out data/medmcqa
     """
-    from grads import bundled
+    from grads.data import bundled
 
     if name not in PREPARERS:
         raise GradsError(f"unknown bundled data set {name!r}", hint=f"available: {', '.join(PREPARERS)}")
@@ -352,13 +350,13 @@ def data_inspect(
 
     Example: grads data inspect pool.jsonl --model smollm2-135m-instruct
     """
-    from grads.data import load_pool
+    from grads.data.formats import load_pool
 
     pool = load_pool(data, format, limit)
     typer.echo(f"{pool.path}: {len(pool.examples)} examples, format {pool.format}, ids from {pool.id_source}")
     if model is not None:
-        from grads.models import load_tokenizer
-        from grads.token_cache import tokenize_in_memory
+        from grads.data.pool import tokenize_in_memory
+        from grads.infra.models import load_tokenizer
 
         tokenized = tokenize_in_memory(load_tokenizer(model), pool.examples, max_length)
         stats = tokenized.stats
@@ -375,7 +373,7 @@ def models_cache(name: Annotated[str, typer.Argument(help="built-in model name")
 
     Example: grads models cache smollm2-135m-instruct
     """
-    from grads.models import BUILTIN_MODELS, cache_builtin
+    from grads.infra.models import BUILTIN_MODELS, cache_builtin
 
     if name not in BUILTIN_MODELS:
         raise GradsError(f"unknown built-in model {name!r}", hint="available: " + ", ".join(BUILTIN_MODELS))
@@ -388,7 +386,7 @@ def models_list() -> None:
 
     Example: grads models list
     """
-    from grads.models import BUILTIN_MODELS, builtin_cache_dir
+    from grads.infra.models import BUILTIN_MODELS, builtin_cache_dir
 
     for name, spec in BUILTIN_MODELS.items():
         cached = builtin_cache_dir(name)
@@ -402,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as err:  # a full disk hit outside grads' own atomic writes (e.g. a library's save)
-        from grads.atomic import disk_full
+        from grads.infra.atomic import disk_full
 
         if not disk_full(err):
             raise

@@ -2,7 +2,7 @@
 
 Defaults, constraints and help texts live here and nowhere else: the CLI's options are built from these fields
 (`grads.cli`), and the experiment config declares its flat fields as copies of them (`like`). Method and signal
-names are checked against the registries in `grads.selection` (the one list of each).
+names are checked against the registries in `grads.core` (the one list of each).
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from grads.tasks import DOMAIN_TASKS, GENERAL_TASKS
+from grads.core.kde import BANDWIDTH_RULES, EXACT_MAX_N, KDE_METHODS
+from grads.core.rules import check_methods, check_ratios
+from grads.core.signals import SIGNALS, DensitySpec, check_signal
+from grads.eval.tasks import DOMAIN_TASKS, GENERAL_TASKS, TASK_GROUPS
 
-# The combined signal s of the density rules (docs/method.md §3; the measured choice, docs/results.md "Variants").
-DEFAULT_SIGNAL = "zsum"
 # Epochs of warm-up before scoring: the paper's one-epoch warm-up (θ1); 0 scores the base model θ0, the documented
 # fast mode (docs/method.md §1: an earlier no-warm-up default was chosen on an instrument that could not tell).
 DEFAULT_WARMUP_EPOCHS = 1.0
+
+# `grads eval --backend`: the built-in evaluator (grads.eval.loglik) or lm-evaluation-harness (grads.eval.harness)
+BACKENDS = ("grads", "lm-eval")
 
 
 def added(default: object, version: str, **kwargs) -> object:
@@ -140,40 +144,37 @@ class TrainConfig(StageConfig):
 
 
 class SignalConfig(StageConfig):
-    """How the two norms become one signal s and its density (the DECIDED choices of docs/method.md §3)."""
+    """How the two norms become one signal s and its density (the DECIDED choices of docs/method.md §3); the
+    typed, validated form of grads.core.signals.DensitySpec, whose defaults it takes."""
 
-    signal: str = Field(DEFAULT_SIGNAL, description="combined signal of the density rules: "
-                        "zsum | robust-zsum | emb | head | zsum-length-residual (grads.selection.SIGNALS)")
-    bandwidth: str = Field("scott", description="KDE bandwidth rule: scott | silverman | a factor times the std")
-    bandwidth_scale: float = Field(1.0, gt=0, description="multiplies the bandwidth")
-    kde: Literal["auto", "exact", "binned"] = Field("auto", description="exact O(n²) sum or FFT on a fine grid "
-                                                    "(auto: exact up to 5,000 examples)")
+    signal: str = Field(DensitySpec.signal, description="combined signal of the density rules: "
+                        f"{' | '.join(SIGNALS)} (grads.core.signals.SIGNALS)")
+    bandwidth: str = Field(DensitySpec.bandwidth, description=f"KDE bandwidth rule: {' | '.join(BANDWIDTH_RULES)} "
+                           "| a factor times the std")
+    bandwidth_scale: float = Field(DensitySpec.bandwidth_scale, gt=0, description="multiplies the bandwidth")
+    kde: Literal[KDE_METHODS] = Field(DensitySpec.kde, description="exact O(n²) sum or FFT on a fine grid "
+                                      f"(auto: exact up to {EXACT_MAX_N:,} examples)")
 
     @field_validator("signal")
     @classmethod
     def _known_signal(cls, value: str) -> str:
-        from grads.selection import check_signal
-
         check_signal(value)
         return value
 
-    @property
-    def bandwidth_rule(self) -> str | float:
-        """'scott', 'silverman', or the factor as a number."""
+    def spec(self) -> DensitySpec:
+        """The signal and density settings as the pure functions of grads.core take them (a numeric bandwidth
+        string becomes the factor)."""
         try:
-            return float(self.bandwidth)
+            bandwidth: str | float = float(self.bandwidth)
         except ValueError:
-            return self.bandwidth
-
-    def signal_only(self) -> SignalConfig:
-        """Just the signal settings (a SelectConfig carries more)."""
-        return SignalConfig(**{name: getattr(self, name) for name in SignalConfig.model_fields})
+            bandwidth = self.bandwidth
+        return DensitySpec(self.signal, bandwidth, self.bandwidth_scale, self.kde)
 
 
 class SelectConfig(SignalConfig):
     """`grads select`: warm-up length, methods and ratios, plus the signal and density choices it inherits."""
 
-    methods: tuple[str, ...] = Field(("grads",), description="selection rules (grads.selection.RULES)")
+    methods: tuple[str, ...] = Field(("grads",), description="selection rules (grads.core.rules.RULES)")
     ratios: tuple[float, ...] = Field((0.05,), description="fractions of the eligible examples to keep, in (0, 1]")
     seed: int = Field(0, description="the one seed of a selection: warm-up (sample, order) and random baselines")
     warmup_epochs: float = Field(DEFAULT_WARMUP_EPOCHS, ge=0, description="0 scores the base model without a "
@@ -183,16 +184,12 @@ class SelectConfig(SignalConfig):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from grads.selection import check_methods
-
         check_methods(value)
         return value
 
     @field_validator("ratios")
     @classmethod
     def _valid_ratios(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        from grads.selection import check_ratios
-
         check_ratios(value)
         return value
 
@@ -258,13 +255,12 @@ class EvalConfig(StageConfig):
 
 
 class EvalJob(StageConfig):
-    """Everything `grads eval` needs: tasks are names, groups ('domain', 'general', 'general-bpb', 'all') or
-    .jsonl files; held-out files are SFT data in any format grads reads."""
+    """Everything `grads eval` needs: tasks are names, groups (grads.eval.tasks.TASK_GROUPS) or .jsonl files;
+    held-out files are SFT data in any format grads reads."""
 
     model: ModelConfig
     tasks: tuple[str, ...] = Field(("all",), description="task names (NAME:bpb for the gold answer's bits per "
-                                   "byte), 'domain', 'general', 'general-bpb', 'all', or a .jsonl of "
-                                   "question/choices/answer")
+                                   f"byte), groups ({', '.join(TASK_GROUPS)}), or a .jsonl of question/choices/answer")
     heldout: tuple[Path, ...] = Field((), description="held-out SFT files: answer-token NLL and bits per byte, "
                                       "scored as training masks them")
     heldout_limit: int | None = like(EvalConfig, "heldout_limit", json_schema_extra=None)
@@ -273,6 +269,6 @@ class EvalJob(StageConfig):
     batch_size: int = like(EvalConfig, "batch_size")
     mc_rotations: int | None = like(EvalConfig, "mc_rotations", json_schema_extra=None)
     max_length: int = like(DataConfig, "max_length")
-    backend: Literal["grads", "lm-eval"] = Field("grads", description="grads (built in) or lm-eval (the same "
+    backend: Literal[BACKENDS] = Field(BACKENDS[0], description="grads (built in) or lm-eval (the same "
                                                  "tasks and questions through lm-evaluation-harness)")
     out: Path

@@ -1,9 +1,9 @@
 """`grads select`: the stages composed, each leaving a file the next one reads:
 
-    pool → tokenise → [warm-up: OUT/warmup/model, if warmup_epochs > 0]    (grads.warmup)
-         → scores at θ0 / θ1: OUT/score/scores.parquet (+ extra columns)  (grads.scoring)
-         → OUT/scores.parquet, OUT/selected/*.jsonl, OUT/selection.json   (grads.subsets)
-         → OUT/report.html                                                 (grads.report)
+    pool → tokenise → [warm-up: OUT/warmup/model, if warmup_epochs > 0]    (grads.stages.warmup)
+         → scores at θ0 / θ1: OUT/score/scores.parquet (+ extra columns)  (grads.stages.score)
+         → OUT/scores.parquet, OUT/selected/*.jsonl, OUT/selection.json   (grads.stages.select)
+         → OUT/report.html                                                 (grads.stages.report)
 
 A rerun with the same settings reuses the warm-up and the scores (and resumes either one if it was cut);
 a folder holding a run with other upstream settings is refused. `adopt_upstream` lets another select folder
@@ -18,10 +18,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from grads import atomic
 from grads.config import ScoreJob, SelectJob
 from grads.errors import GradsError
-from grads.warmup import WarmupPlan, warmup_folder, warmup_plan
+from grads.infra import atomic
+from grads.stages.train import DONE
+from grads.stages.warmup import WarmupPlan, warmup_folder, warmup_plan
 
 REFUSAL = "output folder already holds a selection made with other model, data, warm-up or scoring settings"
 
@@ -51,8 +52,8 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
     """Warm-up (if asked), scoring, the extra columns the rules need, selection and report; returns the summary
     written to OUT/selection.json ({} on ranks other than 0 under a launcher). Bad input stops before the output
     folder is made; then the folder is this process's alone until it returns (atomic.folder_lock)."""
-    from grads import distributed
-    from grads.data import scan_pool
+    from grads.data.formats import scan_pool
+    from grads.infra import distributed
 
     distributed.init()  # under torchrun / accelerate launch: warm-up data parallel, scoring sharded, rest on rank 0
     info = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model
@@ -61,12 +62,12 @@ def run_select(job: SelectJob, progress: bool = True, log=print) -> dict:
 
 
 def _select(job: SelectJob, info, progress: bool, log) -> dict:
-    from grads import distributed, models
-    from grads.report import run_report
-    from grads.scoring import add_columns, finished, run_score
-    from grads.subsets import needed_columns, run_selection
-    from grads.token_cache import tokenized
-    from grads.warmup import run_warmup
+    from grads.data.pool import tokenized
+    from grads.infra import distributed, models
+    from grads.stages.report import run_report
+    from grads.stages.score import add_columns, finished, run_score
+    from grads.stages.select import needed_columns, run_selection
+    from grads.stages.warmup import run_warmup
 
     out, sel = Path(job.out), job.select
     plan = warmup_plan(job, info.sha256)
@@ -79,7 +80,7 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     with timings.stage("warmup"):
         scoring_model = job.model.model
         if sel.warmup_epochs > 0:
-            if (warmup_folder(out) / "model" / "done.json").exists():
+            if (warmup_folder(out) / "model" / DONE).exists():
                 timings.reused.append("warmup")
             scoring_model = str(run_warmup(job, plan, tokenizer, pool, progress, log))
     score_job = ScoreJob(model=job.model.model_copy(update={"model": scoring_model}), data=job.data,
@@ -114,7 +115,7 @@ def adopt_upstream(source: str | Path, job: SelectJob, log=print) -> None:
     that they were made with exactly the warm-up and scoring settings this job would use."""
     import shutil
 
-    from grads.data import scan_pool
+    from grads.data.formats import scan_pool
 
     source, target = Path(source), Path(job.out)
     if (target / "score" / "score.json").exists():

@@ -40,9 +40,10 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from grads.data import IGNORE_INDEX
-
 LOGITS_BUDGET = 1 << 26  # floats of (batch × targets × vocab-chunk) logits held at once (256 MB in fp32)
+
+
+IGNORE_INDEX = -100  # the label of a token that is not a target (PyTorch's and Hugging Face's convention)
 
 
 @dataclass

@@ -24,37 +24,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from grads import atomic, distributed
 from grads.config import ScoreConfig, ScoreJob
-from grads.data import IGNORE_INDEX, TokenizedExample
+from grads.core.gradnorms import IGNORE_INDEX, locate_parts, per_example_grad_norms
+from grads.data.batches import collate, plan_batches
+from grads.data.pool import TokenizedPool
+from grads.data.tokenize import TokenizedExample
 from grads.errors import GradsError
-from grads.gradnorms import locate_parts, per_example_grad_norms
-from grads.token_cache import TokenizedPool
+from grads.eval.nll import target_nll
+from grads.infra import atomic, distributed
 
 CHUNK_DIR = "score-chunks"
+
+
 STATUS_OK, STATUS_NO_TARGET, STATUS_NONFINITE = "ok", "no_target", "nonfinite"
-
-
-def plan_batches(pool: TokenizedPool, batch_size: int) -> list[list[int]]:
-    """Indices of scorable examples grouped by length (little padding); order fixed by (length, row)."""
-    scorable = np.flatnonzero(pool.n_target_tokens > 0)
-    scorable = scorable[np.lexsort((pool.rows[scorable], pool.n_tokens[scorable]))].tolist()
-    return [scorable[lo:lo + batch_size] for lo in range(0, len(scorable), batch_size)]
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int, padding_side: str = "right",
-            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    width = max(ex.n_tokens for ex in examples)
-    ids, mask, labels = [], [], []
-    for ex in examples:
-        pad = width - ex.n_tokens
-        parts = [(ex.input_ids, [pad_id] * pad), ([1] * ex.n_tokens, [0] * pad), (ex.labels, [IGNORE_INDEX] * pad)]
-        seqs = [real + fill if padding_side == "right" else fill + real for real, fill in parts]
-        ids.append(seqs[0])
-        mask.append(seqs[1])
-        labels.append(seqs[2])
-    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
-            "labels": torch.tensor(labels, device=device)}
 
 
 def _row(ex: TokenizedExample, status: str, values: dict[str, float] | None) -> dict:
@@ -200,7 +182,7 @@ def run_score(job: ScoreJob, fingerprint: str | None = None, model=None, tokeniz
     model: its fingerprint names the warm-up's settings). model, tokenizer, pool, info (the pool's PoolInfo):
     already loaded (validated) by the caller.
     """
-    from grads.data import scan_pool
+    from grads.data.formats import scan_pool
 
     distributed.init()
     info = info or scan_pool(job.data.data, job.data.format, job.data.limit)
@@ -210,8 +192,9 @@ def run_score(job: ScoreJob, fingerprint: str | None = None, model=None, tokeniz
 
 def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool: TokenizedPool | None,
            progress: bool) -> Path:
-    from grads import __version__, models
-    from grads.token_cache import tokenized
+    from grads._version import __version__
+    from grads.data.pool import tokenized
+    from grads.infra import models
 
     out_dir = Path(job.out)
     fingerprint = fingerprint or job.model_copy(update={"out": Path(".")}).fingerprint(data_sha256=info.sha256)
@@ -245,17 +228,6 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
     return path
 
 
-def target_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ NLL in nats, count) of each sequence's target tokens (labels other than IGNORE_INDEX, each predicted from
-    the token before; padding is IGNORE_INDEX): training's loss per example, summed. fp16/bf16 logits in fp32."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    labels = batch["labels"][:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                            reduction="none").sum(1)
-    return nll, (labels != IGNORE_INDEX).sum(1)
-
-
 @torch.no_grad()
 def answer_only_losses(model, examples: TokenizedPool, batch_size: int, pad_id: int) -> list[float]:
     """Mean CE of each answer given no prompt (the denominator of IFD): the target tokens alone, forward only.
@@ -285,9 +257,11 @@ def answer_only_losses(model, examples: TokenizedPool, batch_size: int, pad_id: 
     return out
 
 
-# Columns a selection rule may need beyond the score table's own (grads.selection.Rule.columns), each computed from
+# Columns a selection rule may need beyond the score table's own (grads.core.rules.Rule.columns), each computed from
 # the scoring model, the tokenised pool, the batch size and the pad id, and kept as OUT/<column>.parquet.
 EXTRA_COLUMNS = {"answer_only_loss": answer_only_losses}
+
+
 _PURPOSE = {"answer_only_loss": "ifd: answer-only losses (forward only)"}
 
 

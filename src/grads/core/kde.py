@@ -14,10 +14,14 @@ import math
 import numpy as np
 from scipy.signal import fftconvolve
 
-EXACT_MAX_N = 5000
+EXACT_MAX_N = 5000  # "auto" sums exactly up to this many points, then bins
+BANDWIDTH_RULES = ("scott", "silverman")
+DEFAULT_BANDWIDTH = "scott"
+KDE_METHODS = ("auto", "exact", "binned")
+DEFAULT_KDE = "auto"
 
 
-def bandwidth(x: np.ndarray, rule: str | float = "scott", scale: float = 1.0) -> float:
+def bandwidth(x: np.ndarray, rule: str | float = DEFAULT_BANDWIDTH, scale: float = 1.0) -> float:
     n = len(x)
     if isinstance(rule, (int, float)):
         factor = float(rule)
@@ -26,7 +30,7 @@ def bandwidth(x: np.ndarray, rule: str | float = "scott", scale: float = 1.0) ->
     elif rule == "silverman":
         factor = (n * 3 / 4) ** (-1 / 5)
     else:
-        raise ValueError(f"unknown bandwidth rule {rule!r}: use scott, silverman or a number")
+        raise ValueError(f"unknown bandwidth rule {rule!r}: use {', '.join(BANDWIDTH_RULES)} or a number")
     sigma = float(np.std(x, ddof=1)) if n > 1 else 0.0
     if not sigma > 0:
         sigma = 1.0  # all values equal: any positive width gives every point the same density
@@ -63,7 +67,7 @@ def kde_binned(x: np.ndarray, h: float, at: np.ndarray | None = None, points_per
     return np.maximum(np.interp(at, grid, density), 0.0)
 
 
-def gaussian_kde(x: np.ndarray, rule: str | float = "scott", scale: float = 1.0, method: str = "auto",
+def gaussian_kde(x: np.ndarray, rule: str | float = DEFAULT_BANDWIDTH, scale: float = 1.0, method: str = DEFAULT_KDE,
                  at: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Density at `at` (default: at the data points) and the bandwidth used."""
     x = np.asarray(x, dtype=np.float64)
@@ -76,4 +80,4 @@ def gaussian_kde(x: np.ndarray, rule: str | float = "scott", scale: float = 1.0,
         return kde_exact(x, h, at), h
     if method == "binned":
         return kde_binned(x, h, at), h
-    raise ValueError(f"unknown KDE method {method!r}: use auto, exact or binned")
+    raise ValueError(f"unknown KDE method {method!r}: use {', '.join(KDE_METHODS)}")

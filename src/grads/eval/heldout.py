@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grads.data import IGNORE_INDEX
-from grads.token_cache import TokenizedPool
+from grads.core.gradnorms import IGNORE_INDEX
+from grads.data.pool import TokenizedPool
 
 
 def read_heldout(path: str | Path, tokenizer, max_length: int | None, limit: int | None = None) -> TokenizedPool:
     """Validate and tokenise a held-out file (any format grads reads; its first `limit` examples) through the
     token cache."""
-    from grads.data import scan_pool
-    from grads.token_cache import tokenized
+    from grads.data.formats import scan_pool
+    from grads.data.pool import tokenized
 
     return tokenized(scan_pool(path, limit=limit), tokenizer, limit, max_length)
 
@@ -41,7 +41,8 @@ def answer_bytes(tokenizer, input_ids: list[int], labels: list[int]) -> int:
 @torch.inference_mode()
 def answer_nll(model, pool: TokenizedPool, batch_size: int, pad_id: int) -> np.ndarray:
     """Σ NLL (nats) of each example's answer tokens, batched by length; NaN for an example with none."""
-    from grads.scoring import collate, plan_batches, target_nll
+    from grads.data.batches import collate, plan_batches
+    from grads.eval.nll import target_nll
 
     device = next(model.parameters()).device
     out = np.full(len(pool), np.nan)

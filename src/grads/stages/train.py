@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grads import atomic, distributed
 from grads.config import ModelConfig, TrainConfig, TrainJob
+from grads.data.pool import TokenizedPool
 from grads.errors import GradsError
-from grads.token_cache import TokenizedPool
+from grads.infra import atomic, distributed
 
 DONE = "done.json"
 OWNER = "fingerprint.json"  # in OUT/checkpoints: which run the checkpoints belong to
@@ -109,7 +109,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
     """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
     from trl import SFTTrainer
 
-    from grads.models import load_model, pick_device
+    from grads.infra.models import load_model, pick_device
 
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -163,9 +163,9 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
 def run_train(job: TrainJob, pool: TokenizedPool | None = None, tokenizer=None, progress: bool = True) -> Path:
     """The fine-tuning stage (`grads train`): tokenise job.data (or take `pool`, the same examples already
     tokenised by the caller), fine-tune, write OUT/model. Returns the model folder."""
-    from grads.data import scan_pool
-    from grads.models import load_tokenizer
-    from grads.token_cache import tokenized
+    from grads.data.formats import scan_pool
+    from grads.data.pool import tokenized
+    from grads.infra.models import load_tokenizer
 
     info = scan_pool(job.data.data, job.data.format, job.data.limit)  # bad input stops before any model loads
     if tokenizer is None:

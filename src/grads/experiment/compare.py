@@ -22,8 +22,9 @@ from pathlib import Path
 
 from grads.config import EvalConfig
 from grads.errors import GradsError
-from grads.experiment import config_from, load_config
-from grads.summary import aggregate, format_ratio, load_runs, paired_differences, pm
+from grads.experiment.config import config_from, load_config
+from grads.experiment.stats import aggregate, load_runs, paired_differences
+from grads.experiment.tables import format_ratio, pm
 
 REFERENCES = ("random", "grads", "full")
 VALIDATION_REFERENCES = ("random", "grads")

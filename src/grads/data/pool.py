@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from grads import atomic, distributed
-from grads.data import PoolInfo, TokenizedExample, TokenizeStats, iter_examples, tokenize_example
+from grads.data.formats import PoolInfo, iter_examples
+from grads.data.tokenize import TokenizedExample, TokenizeStats, tokenize_example
+from grads.infra import atomic, distributed
 
 CACHE_VERSION = 1  # bump when tokenisation changes what it produces
 BLOCK = 1000  # examples per Arrow record batch while writing
@@ -147,7 +148,7 @@ def _write(folder: Path, info: PoolInfo, tokenizer, limit: int | None, max_lengt
 def tokenized(info: PoolInfo, tokenizer, limit: int | None, max_length: int | None,
               root: str | Path | None = None) -> TokenizedPool:
     """The pool's token cache, built once (by one process per node under a launcher, the others wait)."""
-    from grads.models import grads_home
+    from grads.infra.models import grads_home
 
     key = cache_key(info, tokenizer, limit, max_length)
     folder = Path(root or grads_home() / "tokens") / key
@@ -159,5 +160,5 @@ def tokenized(info: PoolInfo, tokenizer, limit: int | None, max_length: int | No
 
 
 def tokenize_in_memory(tokenizer, examples: Iterable, max_length: int | None = None) -> TokenizedPool:
-    """Tokenise normalised examples (grads.data.Example) without a cache: small pools and tests."""
+    """Tokenise normalised examples (grads.data.formats.Example) without a cache: small pools and tests."""
     return TokenizedPool.from_examples(tokenize_example(tokenizer, ex, max_length) for ex in examples)

@@ -19,10 +19,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grads import __version__, atomic
+from grads._version import __version__
 from grads.config import SelectJob
-from grads.data import raw_rows
-from grads.selection import RULES, auto_ratio, density, output_name, select
+from grads.core.rules import RULES, output_name, select
+from grads.core.signals import density
+from grads.data.readers import raw_rows
+from grads.infra import atomic
 
 
 def versions() -> dict[str, str]:
@@ -50,15 +52,15 @@ def needed_columns(methods) -> set[str]:
 
 def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict]]:
     """{file name: (row indices, its selection.json entry)} for every method and ratio asked."""
-    sel, signal = job.select, job.select.signal_only()
+    sel, signal = job.select, job.select.spec()
     chosen = {}
     for method in sel.methods:
         for ratio in (sel.ratios if RULES[method].takes_ratio else [None]):
             picked = select(frame, method, ratio, sel.seed, signal)
             entry = {"method": method, "ratio": ratio, "n_selected": int(len(picked)),
                      "ids": frame["id"].iloc[picked].tolist()}
-            if method == "grads-auto":
-                entry["ratio"], entry["rule"] = auto_ratio(frame, signal)
+            if RULES[method].budget:  # grads-auto: the ratio it chose, and how
+                entry["ratio"], entry["rule"] = RULES[method].budget(frame, signal)
             chosen[output_name(method, ratio)] = (picked, entry)
     return chosen
 
@@ -73,7 +75,7 @@ def run_selection(job: SelectJob, upstream: dict) -> dict:
     for folder in (out, out / "selected"):  # temporary files a killed earlier run left behind
         atomic.remove_stale_temps(folder)
     frame = read_scores(out / "score", needed_columns(sel.methods))
-    frame["combined"], frame["density"], bandwidth = density(frame, sel.signal_only())
+    frame["combined"], frame["density"], bandwidth = density(frame, sel.spec())
     atomic.write_parquet(out / "scores.parquet", pa.Table.from_pandas(frame, preserve_index=False))
     rows = raw_rows(job.data.data, job.data.limit)
     chosen = _choose(frame, job)

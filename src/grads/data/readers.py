@@ -225,7 +225,7 @@ class RawRows(Sequence[str]):
 
     def write(self, path: str | Path, indices: Sequence[int]) -> None:
         """Write the rows at `indices` (one per line, in the order given) atomically to `path`, streaming."""
-        from grads import atomic
+        from grads.infra import atomic
 
         with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
             if self.texts is not None:

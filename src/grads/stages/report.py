@@ -22,10 +22,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
-from grads import atomic  # noqa: E402
 from grads.config import SignalConfig  # noqa: E402
-from grads.kde import kde_exact  # noqa: E402
-from grads.selection import RULES, no_spread  # noqa: E402
+from grads.core.kde import kde_exact  # noqa: E402
+from grads.core.rules import RULES  # noqa: E402
+from grads.core.signals import (
+    DensitySpec,  # noqa: E402
+    no_spread,  # noqa: E402
+)
+from grads.infra import atomic  # noqa: E402
 
 COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -160,7 +164,7 @@ FLAT_DENSITY = ("The density is flat: the signal has no spread (every eligible e
                 "id (the tie-break).")
 
 
-def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: SignalConfig,
+def write_report(out_dir: str | Path, frame: pd.DataFrame, summary: dict, cfg: DensitySpec,
                  rows: list[str] | None = None) -> Path:
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
@@ -224,13 +228,13 @@ Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.ba
 def run_report(out_dir: str | Path) -> Path:
     """The report stage: read OUT/scores.parquet, OUT/selection.json and the input rows it names; write
     OUT/report.html and OUT/plots/*.png."""
-    from grads.data import raw_rows
-    from grads.subsets import load_scores
+    from grads.data.readers import raw_rows
+    from grads.stages.select import load_scores
 
     out_dir = Path(out_dir)
     atomic.remove_stale_temps(out_dir / "plots")  # a kill during an earlier plot left its temporary file
     summary = json.loads((out_dir / "selection.json").read_text())
     settings = summary["settings"]
-    signal = SignalConfig(**{k: settings["select"][k] for k in SignalConfig.model_fields})
+    signal = SignalConfig(**{k: settings["select"][k] for k in SignalConfig.model_fields}).spec()
     rows = raw_rows(settings["data"]["data"], settings["data"]["limit"])
     return write_report(out_dir, load_scores(out_dir), summary, signal, rows)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from grads import atomic
 from grads.errors import GradsError
+from grads.infra import atomic
 
 
 @dataclass(frozen=True)

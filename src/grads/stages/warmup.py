@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from grads.config import SelectJob, TrainConfig
-from grads.token_cache import TokenizedPool
+from grads.data.pool import TokenizedPool
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def run_warmup(job: SelectJob, plan: WarmupPlan, tokenizer, pool: TokenizedPool,
                log=print) -> Path:
     """Fine-tune θ0 on the pool (or its seeded warmup_fraction) for warmup_epochs; return the θ1 model folder.
     A finished warm-up with the same fingerprint is reused; an interrupted one resumes."""
-    from grads.training import train_sft
+    from grads.stages.train import train_sft
 
     sel = job.select
     n_warm = math.ceil(sel.warmup_fraction * len(pool))

@@ -1,0 +1,138 @@
+"""One experiment's config (`grads experiment CONFIG.yaml`): its flat fields are the stage configs' own,
+and it builds each stage's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from grads.config import (
+    DataConfig,
+    EvalConfig,
+    EvalJob,
+    ModelConfig,
+    ScoreConfig,
+    SelectConfig,
+    SelectJob,
+    SignalConfig,
+    StageConfig,
+    TrainConfig,
+    TrainJob,
+    added,
+    like,
+)
+from grads.core.signals import DensitySpec
+from grads.errors import GradsError
+from grads.experiment.arms import MODIFIERS, split_arm
+
+# settings that say which runs the grid holds, not what a run computes: a resumed grid may change them
+GRID_SHAPE = ("methods", "ratios", "arm_ratios", "seeds", "arm_seeds", "include_full", "order")
+
+
+class ExperimentConfig(StageConfig):
+    """One experiment. Its flat fields are the stage configs' own (`like`: same type, constraints and help), with
+    experiment defaults where they differ; `select_job`, `train_job` and `eval_job` build the stage jobs."""
+
+    model: str = like(ModelConfig, "model", default="smollm2-135m-instruct")
+    data: str = Field("medmcqa", description="'medmcqa' (bundled: prepared into DIR/data) or a pool file")
+    pool_limit: int | None = like(DataConfig, "limit", default=600)
+    max_length: int = like(DataConfig, "max_length", default=256)
+    methods: tuple[str, ...] = like(SelectConfig, "methods", default=("random", "grads", "grads-high", "gradnorm"))
+    ratios: tuple[float, ...] = like(SelectConfig, "ratios", default=(0.05, 0.25, 0.5))
+    arm_ratios: dict[str, tuple[float, ...]] = added({}, "0.3", description="ratios of particular methods (arms), "
+                                                     "instead of `ratios`: e.g. {random@full-steps: [0.05]}")
+    seeds: tuple[int, ...] = Field((0, 1, 2), description="one fine-tune per method, ratio and seed")
+    arm_seeds: dict[str, tuple[int, ...]] = added({}, "0.3", description="seeds of particular methods (arms), "
+                                                  "instead of `seeds`: e.g. {grads@full-steps: [0, 1, 2]}")
+    include_full: bool = Field(True, description="also fine-tune on the whole pool, once per seed")
+    selection_signal: str = like(SelectConfig, "signal")
+    warmup_epochs: float = like(SelectConfig, "warmup_epochs")
+    warmup_fraction: float = like(SelectConfig, "warmup_fraction")
+    warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "
+                                    "this one reuses (a selection or recipe variant); its model, data and warm-up "
+                                    "settings must be the same")
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    device: str = like(ModelConfig, "device")
+    dtype: str = like(ModelConfig, "dtype")
+    score_batch_size: int = like(ScoreConfig, "batch_size")
+    order: Literal["by-seed", "by-method"] = Field("by-seed", description="run the grid seed by seed, or method "
+                                                  "by method")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_arms(cls, arms: tuple[str, ...]) -> tuple[str, ...]:
+        from grads.core.rules import check_methods
+
+        check_methods([split_arm(a)[0] for a in arms])  # GradsError (pydantic passes it through)
+        unknown = [m for a in arms for m in split_arm(a)[1] if m not in MODIFIERS]
+        if unknown:
+            raise GradsError(f"unknown arm modifier(s) {', '.join(unknown)}", hint=f"use: {', '.join(MODIFIERS)}")
+        return arms
+
+    def selected_methods(self, theta0: bool = False) -> tuple[str, ...]:
+        """The rules the shared selection (or, theta0, the selection at the base model) must apply."""
+        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods
+                                   if ("theta0" in split_arm(a)[1]) == theta0))
+
+    def stage_model(self, model: str | None = None) -> ModelConfig:
+        return ModelConfig(model=model or self.model, dtype=self.dtype, device=self.device)
+
+    def signal_config(self) -> DensitySpec:
+        return SignalConfig(signal=self.selection_signal).spec()
+
+    def select_job(self, pool_path: Path, out: Path, theta0: bool = False) -> SelectJob:
+        """The one shared selection (seed 0; the random baseline re-draws per seed in the runs); theta0: the
+        selection of the @theta0 arms, at the base model."""
+        return SelectJob(model=self.stage_model(), data=DataConfig(data=pool_path, max_length=self.max_length,
+                                                                    limit=self.pool_limit),
+                         score=ScoreConfig(batch_size=self.score_batch_size), train=self.train,
+                         select=SelectConfig(methods=self.selected_methods(theta0) or ("grads",),
+                                             ratios=self.ratios, seed=0,
+                                             warmup_epochs=0.0 if theta0 else self.warmup_epochs,
+                                             warmup_fraction=self.warmup_fraction, signal=self.selection_signal),
+                         out=out)
+
+    def train_job(self, run_dir: Path, seed: int, max_steps: int | None = None) -> TrainJob:
+        """A fine-tune of the base model on the run's train.jsonl (the chosen pool rows, verbatim); max_steps
+        overrides the recipe's length (the @full-steps arms)."""
+        recipe = self.train.model_copy(update={"seed": seed, **({"max_steps": max_steps} if max_steps else {})})
+        return TrainJob(model=self.stage_model(), data=DataConfig(data=run_dir / "train.jsonl",
+                                                                   max_length=self.max_length),
+                        train=recipe, out=run_dir)
+
+    def eval_job(self, model: str, out: Path, folder: Path) -> EvalJob:
+        """The evaluation of `model` (the experiment in `folder`: '{out}' in held-out paths stands for it)."""
+        ev = self.eval
+        heldout = tuple(Path(path.replace("{out}", str(folder))) for path in ev.heldout)
+        return EvalJob(model=self.stage_model(model), tasks=tuple(ev.all_tasks()), heldout=heldout,
+                       heldout_limit=ev.heldout_limit, limit=ev.limit, limits=ev.limits, batch_size=ev.batch_size,
+                       mc_rotations=ev.mc_rotations, max_length=self.max_length, out=out)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise GradsError("config file not found", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise GradsError(f"not valid YAML: {getattr(err, 'problem', err)}", path=path,
+                         line=mark.line + 1 if mark else None) from None
+    return config_from(raw, path)
+
+
+def config_from(raw: object, path: Path) -> ExperimentConfig:
+    """An ExperimentConfig from parsed settings (YAML, or a folder's config.json); bad ones name `path`."""
+    try:
+        return ExperimentConfig(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise GradsError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", path=path) from None
+    except TypeError as err:
+        raise GradsError(f"config must be a mapping of settings: {err}", path=path) from None

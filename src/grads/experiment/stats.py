@@ -1,0 +1,140 @@
+"""What an experiment's runs say: each run's figures against the base model, their mean ± std over seeds, and
+seed-paired differences between methods with a 95% confidence interval (docs/method.md "Measuring").
+
+Figures of a run (base = the base model's evaluation, same items):
+    G_bpb = mean over the held-out answer files of (base bpb − run bpb)       > 0: learned the domain
+    F_bpb = mean over general tasks with a bpb of (run bpb − base bpb)        > 0: forgot
+    G     = mean over domain tasks of (run accuracy − base accuracy)          (G_acc; rotated letter questions)
+    F     = mean over general tasks with an accuracy of (base − run accuracy) (F_acc)
+    G_val = G on the validation tasks (the figure variants are chosen on)
+A paired difference is taken between two runs of the same seed (and ratio; `full` has none); over n seeds its
+95% interval is mean ± t(0.975, n−1)·sd/√n, and a difference whose interval holds 0 is "not distinguishable".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from scipy.stats import t as student_t
+
+FIGURES = ("G", "F", "G_val", "G_bpb", "F_bpb")
+
+
+LABELS = {"G": "G_acc", "F": "F_acc", "G_val": "G_val", "G_bpb": "G_bpb", "F_bpb": "F_bpb"}
+
+
+def _mean_change(run: dict, base: dict, names, value: str, sign: int) -> float:
+    """Mean over `names` measured in both of sign · (run − base) of `value` (NaN when none is)."""
+    deltas = [sign * (run[n][value] - base[n][value]) for n in names
+              if value in run.get(n, {}) and value in base.get(n, {})
+              and not (math.isnan(run[n][value]) or math.isnan(base[n][value]))]
+    return statistics.fmean(deltas) if deltas else math.nan
+
+
+def run_figures(run: dict, base: dict, ev) -> dict[str, float]:
+    """A run's figures (module docstring) from its evaluation and the base model's; `ev`: an EvalConfig."""
+    tasks, base_tasks = run["tasks"], base["tasks"]
+    heldout, base_heldout = run.get("heldout", {}), base.get("heldout", {})
+    return {"G": _mean_change(tasks, base_tasks, ev.domain_tasks, "accuracy", +1),
+            "F": _mean_change(tasks, base_tasks, ev.general_tasks, "accuracy", -1),
+            "G_val": _mean_change(tasks, base_tasks, ev.validation_tasks, "accuracy", +1),
+            "G_bpb": _mean_change(heldout, base_heldout, list(base_heldout), "bpb", -1),
+            "F_bpb": _mean_change(tasks, base_tasks, ev.general_tasks, "bpb", +1)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean of `values` (NaN with fewer than two)."""
+    values = [v for v in values if not math.isnan(v)]
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = student_t.ppf(0.5 + level / 2, len(values) - 1) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def detectable_difference(sd_difference: float, n_seeds: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference a two-sided paired t test over `n_seeds` finds with probability
+    `power` at level `alpha`, when one seed's difference has standard deviation `sd_difference`:
+        (t(1 − α/2, n−1) + t(power, n−1)) · sd / √n      (the usual normal-approximation form, with t quantiles)"""
+    df = n_seeds - 1
+    return (student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * sd_difference / math.sqrt(n_seeds)
+
+
+def _groups(results: list[dict]) -> list[tuple[tuple[str, float | None], list[dict]]]:
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["ratio"]), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (kv[0][1] or 1.0, kv[0][0]))
+
+
+def task_value(result: dict) -> float:
+    return result["accuracy"] if "accuracy" in result else result.get("bpb", math.nan)
+
+
+def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
+    """Per method and ratio: the seeds, mean ± std of every figure, the mean answer tokens trained on, and each
+    task's mean accuracy (bpb for likelihood-only tasks) and each held-out file's mean bpb."""
+    rows = []
+    for (method, ratio), runs in _groups(results):
+        figures = [run_figures(r, base, ev) for r in runs]
+        row = {"method": method, "ratio": ratio, "seeds": sorted(r["seed"] for r in runs),
+               "answer_tokens": mean_std([float(r.get("train_answer_tokens", math.nan)) for r in runs])[0]}
+        for name in FIGURES:
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([f[name] for f in figures])
+        for task in ev.all_tasks():
+            row[task] = mean_std([task_value(r["tasks"][task]) for r in runs if task in r["tasks"]])[0]
+        for name in base.get("heldout", {}):
+            row[f"heldout:{name}"] = mean_std([r["heldout"][name]["bpb"] for r in runs
+                                               if name in r.get("heldout", {})])[0]
+        rows.append(row)
+    return rows
+
+
+def figures_by_run(results: list[dict], base: dict, ev) -> dict[tuple[str, float | None, int], dict[str, float]]:
+    """Each run's figures, keyed by (method, ratio, seed)."""
+    return {(r["method"], r["ratio"], r["seed"]): run_figures(r, base, ev) for r in results}
+
+
+def paired(by_run: dict, arm: tuple[str, float | None], reference: tuple[str, float | None]) -> dict:
+    """`arm` minus `reference` (each a (method, ratio)) over the seeds both have: n_pairs, per figure the mean,
+    std and 95% interval of the difference (d<figure>_mean, _std, _ci95), and each seed's differences under
+    "per_seed". Pairing removes what a seed's two runs share (the evaluation items, the training order)."""
+    per_seed = {seed: {k: mine[k] - by_run[(*reference, seed)][k] for k in FIGURES}
+                for (method, ratio, seed), mine in sorted(by_run.items(), key=lambda kv: kv[0][2])
+                if (method, ratio) == arm and (*reference, seed) in by_run}
+    row = {"n_pairs": len(per_seed), "per_seed": per_seed}
+    for name in FIGURES:
+        values = [d[name] for d in per_seed.values()]
+        row[f"d{name}_mean"], row[f"d{name}_std"] = mean_std(values)
+        row[f"d{name}_ci95"] = confidence_interval(values)
+    return row
+
+
+def paired_differences(results: list[dict], base: dict, ev, reference: str = "random") -> list[dict]:
+    """Each method against `reference` run with the same seed and ratio (`full` has no ratio): `paired`'s row
+    with the method, ratio and reference."""
+    by_run = figures_by_run(results, base, ev)
+    arms = {(method, ratio) for method, ratio, _ in by_run
+            if method != reference and (ratio is not None or reference == "full")}
+    rows = []
+    for method, ratio in sorted(arms, key=lambda arm: (arm[1] or 1.0, arm[0])):
+        row = paired(by_run, (method, ratio), (reference, None if reference == "full" else ratio))
+        if row["n_pairs"]:
+            rows.append({"method": method, "ratio": ratio, "reference": reference, **row})
+    return rows
+
+
+def load_runs(out: Path) -> list[dict]:
+    """Every finished fine-tune's results.json under OUT/runs (the base model's evaluation is not a run)."""
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))
+            if p.parent.name != "base"]

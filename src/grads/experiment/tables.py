@@ -1,0 +1,139 @@
+"""An experiment's summary files: OUT/summary.csv and OUT/summary.md (the figures of grads.experiment.stats)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from grads.experiment.figures import plot_gain_forgetting
+from grads.experiment.stats import FIGURES, LABELS, aggregate, load_runs, paired_differences, run_figures, task_value
+from grads.infra import atomic
+
+
+def format_ratio(ratio: float | None, method: str) -> str:
+    """A ratio for a table: '0.05', '1 (full)' for the full pool, 'auto' for a budget the method chose."""
+    if ratio is None:
+        return "1 (full)" if method == "full" else "auto"
+    return f"{ratio:g}"
+
+
+def pm(mean: float, std: float | None = None, digits: int = 3) -> str:
+    """'+0.012 ± 0.004', or '–' for a figure this experiment does not measure (no such tasks)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.{digits}f}" if std is None else f"{mean:+.{digits}f} ± {std:.{digits}f}"
+
+
+def with_interval(row: dict, name: str, digits: int = 3) -> str:
+    """'+0.012 [+0.004, +0.020]', marked 'not distinguishable' when the interval holds 0."""
+    mean, (lo, hi) = row[f"d{name}_mean"], row[f"d{name}_ci95"]
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(lo):
+        return f"{mean:+.{digits}f} (one seed)"
+    text = f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return text + (" not distinguishable" if lo <= 0 <= hi else "")
+
+
+def _measured(rows: list[dict]) -> list[str]:
+    """The figures some row measures, in FIGURES order."""
+    return [n for n in FIGURES if any(not math.isnan(r[f"{n}_mean"]) for r in rows)]
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    figures = [f"{LABELS[n]}_{s}" for n in FIGURES for s in ("mean", "std")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["method", "ratio", "n_seeds", "answer_tokens", *figures, *columns])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({"method": row["method"], "ratio": "" if row["ratio"] is None else row["ratio"],
+                         "n_seeds": len(row["seeds"]), "answer_tokens": row["answer_tokens"],
+                         **{f"{LABELS[n]}_{s}": row[f"{n}_{s}"] for n in FIGURES for s in ("mean", "std")},
+                         **{c: row.get(c, math.nan) for c in columns}})
+    return buffer.getvalue()
+
+
+def _figures_table(rows: list[dict], measured: list[str], columns: list[str], base: dict) -> list[str]:
+    """Per task its mean accuracy, or its bpb (marked) where it has no accuracy; held-out files their bpb."""
+    def label(column: str) -> str:
+        task = base["tasks"].get(column, {})
+        return column if "accuracy" in task else f"{column} (bpb)"
+
+    head = ["method", "ratio", "seeds", "answer tokens", *(f"{LABELS[n]} (mean ± std)" for n in measured),
+            *map(label, columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["method"], format_ratio(row["ratio"], row["method"]), str(len(row["seeds"])),
+                 "–" if math.isnan(row["answer_tokens"]) else f"{row['answer_tokens']:.0f}",
+                 *(pm(row[f"{n}_mean"], row[f"{n}_std"], 4 if n.endswith("bpb") else 3) for n in measured),
+                 *(f"{row.get(c, math.nan):.3f}" for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_table(pairs: list[dict], reference: str, measured: list[str]) -> list[str]:
+    lines = ["", f"Against `{reference}` with the same seed" + (" and ratio" if reference == "random" else "")
+             + ": the mean paired difference [95% interval over seeds]; ΔF > 0 is more forgetting, ΔG > 0 more "
+             "learning.", "", "| method | ratio | pairs | " + " | ".join(f"Δ{LABELS[n]}" for n in measured) + " |",
+             "|---|---|---|" + "---|" * len(measured)]
+    for row in pairs:
+        cells = [with_interval(row, n, 4 if n.endswith("bpb") else 3) for n in measured]
+        lines.append(f"| {row['method']} | {format_ratio(row['ratio'], row['method'])} | {row['n_pairs']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _runs_table(results: list[dict], base: dict, ev, measured: list[str]) -> list[str]:
+    lines = ["", "Per run:", "", "| run | n_train | answer tokens | " + " | ".join(LABELS[n] for n in measured)
+             + " | train loss |", "|---|---|---|" + "---|" * len(measured) + "---|"]
+    for r in results:
+        figures = run_figures(r, base, ev)
+        tokens = r.get("train_answer_tokens")
+        lines.append(f"| {r['run']} | {r['n_train']} | {'–' if tokens is None else tokens} | "
+                     + " | ".join(pm(figures[n], None, 4 if n.endswith("bpb") else 3) for n in measured)
+                     + f" | {r['train_loss']:.3f} |")
+    return lines
+
+
+def write_summary(out: Path, cfg, base: dict) -> None:
+    """OUT/summary.csv, OUT/summary.md and OUT/g_vs_f.png from every finished run; `cfg`: ExperimentConfig."""
+    ev, results = cfg.eval, load_runs(out)
+    rows = aggregate(results, base, ev)
+    columns = [*ev.all_tasks(), *(f"heldout:{n}" for n in base.get("heldout", {}))]
+    atomic.write_text(out / "summary.csv", _csv(rows, columns))
+    measured = _measured(rows) or ["G", "F"]
+    base_line = [f"{t} {task_value(base['tasks'][t]):.4g}" for t in ev.all_tasks() if t in base["tasks"]]
+    base_line += [f"held-out {n} bpb {v['bpb']:.4f}" for n, v in base.get("heldout", {}).items()]
+    lines = ["# Experiment summary", "", _preamble(cfg), "", "Base model: " + ", ".join(base_line) + ".", "",
+             *_figures_table(rows, measured, columns, base)]
+    for reference in ("random", "full"):
+        pairs = paired_differences(results, base, ev, reference)
+        if pairs:
+            lines += _paired_table(pairs, reference, measured)
+    lines += _runs_table(results, base, ev, measured)
+    atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
+    plot_gain_forgetting(out / "g_vs_f.png", rows, "bpb" if "G_bpb" in measured else "acc")
+
+
+def _preamble(cfg) -> str:
+    ev, train = cfg.eval, cfg.train
+    length = f"{train.max_steps} optimizer steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
+    recipe = f"{'LoRA' if train.lora else 'full'}, {length} of batch {train.batch_size * train.grad_accum}, " \
+             f"lr {train.lr:g}"
+    rotations = "all rotations" if ev.mc_rotations is None else f"{ev.mc_rotations} rotation(s)"
+    return (f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), {ev.limit} questions per "
+            "task" + "".join(f", {t} {n}" for t, n in ev.limits.items()) + f"; letter questions in {rotations}. "
+            f"Fine-tune per run: {recipe}; " + _scoring(cfg) + ". Figures as in grads.experiment.stats: G_bpb = held-out bpb "
+            "gained, F_bpb = general bpb lost, "
+            "G_acc / F_acc the same with accuracy, G_val on the validation tasks (for choosing variants only). "
+            "Mean ± std over seeds.")
+
+
+def _scoring(cfg) -> str:
+    if not cfg.methods:
+        return "the full pool only (no selection)"
+    at = "at the base model (no warm-up)" if not cfg.warmup_epochs else f"after a {cfg.warmup_epochs:g}-epoch warm-up"
+    return f"scores for selection {at}" + ("; @theta0 arms at the base model" if any("@theta0" in m for m in
+                                                                                      cfg.methods) else "")
