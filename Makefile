@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Each sets up what is missing first, then runs.
+# Two commands: `make demo` and `make test` (`make test-fast`: without the e2e tests, under a minute). Each sets up
+# what is missing first, then runs.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -33,6 +34,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# every test but those marked e2e (a child process, a fine-tune or the real bundled model; slow implies e2e)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts

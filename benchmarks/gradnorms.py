@@ -251,7 +251,8 @@ def run_method(args, name: str, shape: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by tests/tools/test_benchmarks.py, to check what benchmarks/gpu.sh passes)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="a grads model name, 'tiny', or random:NAME for NAME in " + ", ".join(CONFIGS))
@@ -275,7 +276,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--child-shape", dest="shape_one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.only:
         args.shape = args.shape_one
         return child(args)

@@ -1,11 +1,15 @@
-"""Settings added after the first release leave records and fingerprints of earlier runs valid."""
+"""The typed configs: settings added after the first release leave records and fingerprints of earlier runs
+valid, and a config checks its own values."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
-from grads.config import TrainConfig
+import pytest
+
+from grads.config import DataConfig, ModelConfig, SelectConfig, SelectJob, TrainConfig
+from grads.errors import GradsError
 from grads.experiment.config import ExperimentConfig
 
 
@@ -32,3 +36,11 @@ def test_nested_configs_drop_added_defaults_too():
     settings = exp.settings()
     assert "warmup_from" not in settings and settings["train"]["max_steps"] == 7
     assert "max_steps" not in ExperimentConfig().settings()["train"]
+
+
+def test_ratio_of_one_is_accepted(tmp_path):
+    job = SelectJob(model=ModelConfig(model="m"), data=DataConfig(data=tmp_path), out=tmp_path,
+                    select=SelectConfig(ratios=(1.0, 1e-9)))  # the config checks ratios, methods and the signal
+    assert job.select.ratios == (1.0, 1e-9)
+    with pytest.raises(GradsError, match="a ratio must be in"):
+        SelectConfig(ratios=(1.0001,))

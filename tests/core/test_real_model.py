@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 
 import pytest
-from test_gradnorms import brute_force
+from helpers import brute_force
 
 from grads.core.gradnorms import per_example_grad_norms
 from grads.data.batches import collate
 from grads.data.formats import load_pool
 from grads.data.tokenize import tokenize_example
 from grads.infra.models import load_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ def one_process(tmp_path_factory, tiny_model_dir, medmcqa_dir):
     return pq.read_table(tmp / "out" / "scores.parquet")
 
 
+@pytest.mark.e2e
 def test_two_ranks_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process):
     run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(tmp_path / "two")],
                          env=_env(tmp_path), capture_output=True, text=True)
@@ -58,6 +59,7 @@ def test_two_ranks_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medm
     assert meta["world_size"] == 2 and not (tmp_path / "two" / "score-chunks").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
 def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process, mode):
     import psutil
@@ -81,6 +83,7 @@ def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcq
     assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
 
 
+@pytest.mark.e2e
 def test_fsdp_shards_the_parameters_and_merges_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
                                                                         one_process):
     import json
@@ -101,12 +104,14 @@ def test_fsdp_shards_the_parameters_and_merges_to_the_one_process_table(tmp_path
     assert json.loads((data_parallel / "score.json").read_text())["fingerprint"] == meta["fingerprint"]
 
 
+@pytest.mark.e2e
 def test_fsdp_needs_a_launched_job(tmp_path, tiny_model_dir, medmcqa_dir):
     run = subprocess.run([*GRADS, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(tmp_path / "o")],
                          env=_env(tmp_path), capture_output=True, text=True)
     assert run.returncode == 2 and "torchrun" in run.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
 def test_two_nodes_on_one_machine_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
                                                                  one_process, mode):
@@ -129,6 +134,7 @@ def test_two_nodes_on_one_machine_merge_to_the_one_process_table(tmp_path, tiny_
     assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
 def test_select_under_torchrun_warms_up_data_parallel_and_rank_0_writes_the_outputs(tmp_path, tiny_model_dir,
                                                                                    medmcqa_dir, mode):

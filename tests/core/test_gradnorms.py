@@ -6,36 +6,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import tiny_gpt2, tiny_llama, tiny_qwen2
+from helpers import brute_force, tiny_gpt2, tiny_llama, tiny_qwen2, untied_copy
 
 from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms
 
 RTOL = 1e-4
-
-
-def untied_copy(model):
-    """Same function, separate E and W parameters, so brute force can read each role's gradient."""
-    clone = copy.deepcopy(model)
-    head, emb = clone.get_output_embeddings(), clone.get_input_embeddings()
-    if head.weight is emb.weight:
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
-    return clone
-
-
-def brute_force(model, ids: list[int], labels: list[int]) -> dict[str, float]:
-    """One example, no padding: mean CE over its targets, backward, dense gradients of E and W."""
-    model = untied_copy(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    emb.requires_grad_(True)
-    head.requires_grad_(True)
-    logits = model(input_ids=torch.tensor([ids])).logits[0].float()
-    loss = F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX)
-    loss.backward()
-    return {"loss": loss.item(), "embedding": emb.grad.norm().item(), "head": head.grad.norm().item(),
-            "tied_total": (emb.grad + head.grad).norm().item()}
 
 
 def make_batch(examples: list[tuple[list[int], list[int]]], padding_side: str, pad_id: int = 0):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 from typer.testing import CliRunner
 
 from grads.cli import app
@@ -48,6 +48,7 @@ def selected(pool_file, tiny_model_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_outputs_hold_the_chosen_rows_verbatim_in_input_order(selected, pool_file):
     lines = pool_file.read_text().splitlines()
     summary = json.loads((selected / "selection.json").read_text())
@@ -75,6 +76,7 @@ def test_outputs_hold_the_chosen_rows_verbatim_in_input_order(selected, pool_fil
     assert summary["settings"]["select"]["ratios"] == [0.1, 0.5]
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_scores_are_those_of_the_warm_up_model(selected, pool_file):
     from grads.core.gradnorms import per_example_grad_norms
     from grads.data.formats import load_pool
@@ -94,6 +96,7 @@ def test_scores_are_those_of_the_warm_up_model(selected, pool_file):
     assert frame["emb_grad_norm"].iloc[0] == pytest.approx(want["embedding"].item(), rel=1e-4)
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_answer_only_losses_are_the_answer_alone_cross_entropy(selected, pool_file):
     """IFD's denominator, recomputed one example at a time with plain autograd-free cross-entropy."""
     import torch
@@ -116,6 +119,7 @@ def test_answer_only_losses_are_the_answer_alone_cross_entropy(selected, pool_fi
         assert frame["answer_only_loss"].iloc[example.row] == pytest.approx(want, rel=1e-4), example.id
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_rerun_reuses_warm_up_and_scores_and_is_byte_identical(selected, pool_file, tmp_path):
     before = {p.name: p.read_bytes() for p in (selected / "selected").iterdir()}
     warm_mtime = (selected / "warmup" / "model" / "adapter_model.safetensors").stat().st_mtime_ns
@@ -127,6 +131,7 @@ def test_rerun_reuses_warm_up_and_scores_and_is_byte_identical(selected, pool_fi
     assert {p.name: p.read_bytes() for p in (selected / "selected").iterdir()} == before
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_a_fresh_run_with_the_same_seed_is_byte_identical(selected, pool_file, tmp_path):
     again = tmp_path / "again"
     run(pool_file, again)
@@ -134,6 +139,7 @@ def test_a_fresh_run_with_the_same_seed_is_byte_identical(selected, pool_file, t
         assert (again / "selected" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_report_shows_the_plots_and_escapes_example_text(selected):
     page = (selected / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
@@ -143,6 +149,7 @@ def test_report_shows_the_plots_and_escapes_example_text(selected):
     assert "Pearson r" in page
 
 
+@pytest.mark.e2e  # the `selected` run warms up
 def test_a_folder_with_another_run_is_refused(selected, pool_file, capsys):
     from grads.cli import main
 

@@ -1,22 +1,16 @@
-"""`grads compare` on hand-made experiment folders (figures computed by hand), and a smoke test of
-scripts/subset_profile.py on tiny score tables."""
+"""`grads compare` on hand-made experiment folders (figures computed by hand)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from grads.errors import GradsError
 from grads.experiment.compare import compare, compare_command, compare_validation, eval_tasks
 from grads.experiment.config import ExperimentConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """model: smollm2-135m-instruct
 eval:
   domain_tasks: [med]
@@ -153,37 +147,3 @@ def test_compare_command_forms(tmp_path):
         compare_command([folder, variant], against=reference)
     with pytest.raises(GradsError, match="no experiment folder"):
         compare_command([], validation=reference)
-
-
-def scores(folder: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    answer = rng.integers(1, 200, n)
-    pd.DataFrame({
-        "id": [f"ex{i}" for i in range(n)], "row": np.arange(n), "n_tokens": answer + 50,
-        "n_target_tokens": answer, "truncated_tokens": np.zeros(n, dtype=int), "loss": rng.uniform(0.5, 3.0, n),
-        "emb_grad_norm": rng.lognormal(0.0, 0.5, n), "head_grad_norm": rng.lognormal(1.0, 0.5, n),
-        "tied_grad_norm": np.full(n, np.nan), "status": ["ok"] * n,
-    }).to_parquet(folder / "scores.parquet")
-    return folder
-
-
-def test_subset_profile_script_smoke(tmp_path):
-    theta1, theta0 = scores(tmp_path / "theta1", 40, 0), scores(tmp_path / "theta0", 40, 1)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "subset_profile.py"), "--theta1", str(theta1),
-                           "--theta0", str(theta0)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("pool: 40 examples, answer tokens mean ")
-    rows = [line for line in lines[3:] if line.startswith("| θ")]
-    assert len(lines) == 3 + 24 and len(rows) == 24  # 8 rules × 3 ratios
-    # ⌈ρ·40⌉ examples per rule; the default `grads` subset shares all of its own
-    assert [row.split(" | ")[4] for row in rows] == ["2"] * 8 + ["10"] * 8 + ["20"] * 8
-    assert rows[0].startswith("| θ1 | zsum | grads | 0.05 | 2 |") and rows[0].endswith("| 2 |")
-
-
-def test_subset_profile_script_refuses_different_pools(tmp_path):
-    theta1, theta0 = scores(tmp_path / "theta1", 40, 0), scores(tmp_path / "theta0", 30, 1)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "subset_profile.py"), "--theta1", str(theta1),
-                           "--theta0", str(theta0)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "rows differ" in done.stderr

@@ -5,26 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import score_table
 
 from grads.core.rules import auto_ratio, knee_index, n_keep, select
-from grads.core.signals import DensitySpec, combined_signal, density
-
-
-def table(emb, head, loss=None, n_target=None, status=None, tied=None, answer_only=None) -> pd.DataFrame:
-    n = len(emb)
-    frame = pd.DataFrame({
-        "id": [f"e{i}" for i in range(n)], "row": np.arange(n),
-        "n_target_tokens": n_target if n_target is not None else [5] * n,
-        "loss": loss if loss is not None else [1.0] * n,
-        "emb_grad_norm": emb, "head_grad_norm": head,
-        "tied_grad_norm": tied if tied is not None else [math.nan] * n,
-        "status": status if status is not None else ["ok"] * n,
-    })
-    if answer_only is not None:
-        frame["answer_only_loss"] = answer_only
-    return frame
+from grads.core.signals import combined_signal
 
 
 def ids(frame, picked):
@@ -36,17 +21,11 @@ EMB = [1.0, 1.05, 0.95, 1.02, 0.98, 3.0, 4.0, 0.1]
 HEAD = [2.0, 2.1, 1.9, 2.05, 1.95, 6.0, 9.0, 0.2]
 
 
-def test_signal_is_the_sum_of_standardised_log_norms():
-    frame = table(EMB, HEAD)
-    la, lb = np.log(EMB), np.log(HEAD)
-    want = (la - la.mean()) / la.std() + (lb - lb.mean()) / lb.std()
-    np.testing.assert_allclose(combined_signal(frame), want)
-
 
 def test_grads_keeps_the_dense_cluster_and_auto_ratio_reports_its_rule():
     from scipy.stats import gaussian_kde
 
-    frame = table(EMB, HEAD)
+    frame = score_table(EMB, HEAD)
     s = combined_signal(frame)
     dens = gaussian_kde(s)(s)  # independent density: scipy on the same signal
     for ratio, k in [(0.25, 2), (0.5, 4)]:
@@ -66,13 +45,13 @@ def test_grads_keeps_the_dense_cluster_and_auto_ratio_reports_its_rule():
 def test_emb_only_and_head_only_use_one_norm():
     emb = [1.0, 1.0, 1.0, 5.0, 9.0]
     head = [7.0, 1.0, 3.0, 3.0, 3.0]
-    frame = table(emb, head)
+    frame = score_table(emb, head)
     assert ids(frame, select(frame, "emb-only", 0.6)) == ["e0", "e1", "e2"]
     assert ids(frame, select(frame, "head-only", 0.6)) == ["e2", "e3", "e4"]
 
 
 def test_baselines_pick_exactly_what_they_promise():
-    frame = table([1, 2, 3, 4, 5.0], [5, 4, 3, 2, 1.0], loss=[0.5, 2.0, 1.0, 3.0, 0.1], n_target=[9, 3, 7, 1, 2],
+    frame = score_table([1, 2, 3, 4, 5.0], [5, 4, 3, 2, 1.0], loss=[0.5, 2.0, 1.0, 3.0, 0.1], n_target=[9, 3, 7, 1, 2],
                   tied=[math.nan] * 5, answer_only=[1.0, 1.0, 2.0, 2.0, 0.05])
     assert ids(frame, select(frame, "length", 0.4)) == ["e0", "e2"]
     assert ids(frame, select(frame, "loss", 0.4)) == ["e1", "e3"]
@@ -85,12 +64,12 @@ def test_baselines_pick_exactly_what_they_promise():
 
 
 def test_gradnorm_uses_the_tied_total_when_present():
-    frame = table([1, 1, 1.0], [1, 1, 1.0], tied=[0.5, 3.0, 1.0])
+    frame = score_table([1, 1, 1.0], [1, 1, 1.0], tied=[0.5, 3.0, 1.0])
     assert ids(frame, select(frame, "gradnorm", 0.33)) == ["e1"]
 
 
 def test_random_is_seeded_nested_and_reproducible():
-    frame = table(list(np.linspace(1, 2, 40)), list(np.linspace(1, 2, 40)))
+    frame = score_table(list(np.linspace(1, 2, 40)), list(np.linspace(1, 2, 40)))
     small, large = select(frame, "random", 0.1, seed=3), select(frame, "random", 0.5, seed=3)
     assert set(small) <= set(large) and len(small) == 4 and len(large) == 20
     np.testing.assert_array_equal(select(frame, "random", 0.5, seed=3), large)
@@ -98,7 +77,7 @@ def test_random_is_seeded_nested_and_reproducible():
 
 
 def test_excluded_rows_are_never_selected_except_by_full():
-    frame = table([1.0, 1.0, 2.0, 9.0], [1.0, 1.0, 2.0, 9.0], status=["ok", "no_target", "ok", "nonfinite"],
+    frame = score_table([1.0, 1.0, 2.0, 9.0], [1.0, 1.0, 2.0, 9.0], status=["ok", "no_target", "ok", "nonfinite"],
                   loss=[1.0, math.nan, 2.0, math.nan])
     for method in ["grads", "grads-high", "grads-low", "grads-tails", "random", "loss", "length", "gradnorm"]:
         picked = ids(frame, select(frame, method, 1.0))
@@ -116,20 +95,11 @@ def test_ratio_rounds_up_and_is_checked():
 
 
 def test_ties_are_broken_by_id_hash_not_row_order():
-    frame = table([1.0] * 6, [1.0] * 6)
+    frame = score_table([1.0] * 6, [1.0] * 6)
     picked = ids(frame, select(frame, "grads", 0.5))
     shuffled = frame.iloc[[5, 3, 1, 0, 2, 4]].reset_index(drop=True)
     assert sorted(picked) == sorted(ids(shuffled, select(shuffled, "grads", 0.5)))
 
-
-def test_length_residual_signal_removes_the_length_trend():
-    n = np.array([2, 4, 8, 16, 32, 64.0])
-    emb = 1 / np.sqrt(n) * np.array([1, 1.1, 0.9, 1.0, 1.05, 0.95])
-    frame = table(list(emb), list(emb * 2), n_target=list(n.astype(int)))
-    plain = combined_signal(frame)
-    residual = combined_signal(frame, "zsum-length-residual")
-    assert abs(np.corrcoef(np.log(n), plain)[0, 1]) > 0.95
-    assert abs(np.corrcoef(np.log(n), residual)[0, 1]) < 1e-6
 
 
 def test_knee_of_a_normal_density_curve():
@@ -139,19 +109,13 @@ def test_knee_of_a_normal_density_curve():
     assert knee_index(dens) / len(dens) == pytest.approx(0.575, abs=0.01)
 
 
-def test_density_config_changes_bandwidth():
-    frame = table(EMB, HEAD)
-    _, _, h1 = density(frame, DensitySpec())
-    _, _, h2 = density(frame, DensitySpec(bandwidth_scale=2.0))
-    assert h2 == pytest.approx(2 * h1)
-
 
 def test_random_tokens_matches_the_answer_tokens_of_the_grads_subset():
     rng = np.random.default_rng(3)
     n = 200
     emb = rng.lognormal(size=n)
     lengths = rng.integers(1, 120, n)
-    frame = table(list(emb), list(emb * rng.lognormal(0, 0.3, n)), n_target=list(lengths))
+    frame = score_table(list(emb), list(emb * rng.lognormal(0, 0.3, n)), n_target=list(lengths))
     for ratio in (0.05, 0.25, 0.5):
         target = lengths[select(frame, "grads", ratio)].sum()
         picked = select(frame, "random-tokens", ratio, seed=7)

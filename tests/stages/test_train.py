@@ -1,10 +1,11 @@
 """`grads train` on a tiny model: it saves a model transformers can load, and the loss on the answers goes down.
-(LoRA training is exercised by the warm-up in test_pipeline.py.)"""
+(LoRA training is exercised by the warm-up in tests/cli/test_select.py.)"""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from grads.cli import app
@@ -13,6 +14,8 @@ from grads.data.batches import collate
 from grads.data.formats import load_pool
 from grads.data.tokenize import tokenize_example
 from grads.infra.models import load_model, load_tokenizer
+
+pytestmark = pytest.mark.e2e  # every test fine-tunes
 
 
 def mean_answer_loss(model_name, pool_file):

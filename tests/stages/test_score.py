@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_llama
+from helpers import tiny_llama
 
 from grads.config import ScoreConfig
 from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms

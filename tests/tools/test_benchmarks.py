@@ -1,0 +1,87 @@
+"""Smoke tests of the benchmarks: benchmarks/gradnorms.py end to end on a small random model, and what
+benchmarks/gpu.sh would run on a GPU machine."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel(tmp_path):
+    """benchmarks/gradnorms.py end to end on a small random model (no extra dependency: the naive loop and the
+    torch.func peer, per-example autograd by two other routes), both batch shapes; their norms equal ours."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gradnorms.py"), "--model", "tiny",
+                           "--data", "synthetic", "--methods", "grads_kernel", "naive_loop", "torch_func",
+                           "--batches", "2", "--batch-size", "3", "--max-tokens", "24", "--answer-tokens", "6",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for shape, targets in [("answer-only", 6), ("all-target", 23)]:
+        results = report["shapes"][shape]
+        assert results["grads_kernel"]["targets_per_example"] == targets
+        ours = results["grads_kernel"]["norms"]
+        assert len(ours["tied_total"]) == 6
+        for peer, keys in [("torch_func", ["embedding", "head", "tied_total"]), ("naive_loop", ["tied_total"])]:
+            assert results[peer]["s_per_example"] > 0
+            for key in keys:
+                for a, b in zip(ours[key], results[peer]["norms"][key]):
+                    assert math.isclose(a, b, rel_tol=1e-4), (shape, peer, key)
+    assert "torch_func" in done.stdout and "÷ train" in done.stdout
+
+
+RECORDER = """#!{python}
+import json, sys
+with open({log!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def test_every_benchmark_the_gpu_script_starts_is_one_the_benchmark_accepts(tmp_path, monkeypatch):
+    """benchmarks/gpu.sh runs only where a GPU is lent. Here it runs with PYTHON set to a stand-in that records the
+    command it is given instead of running it; each `benchmarks/gradnorms.py` command the script starts is then
+    parsed by the benchmark's own parser (an option it does not take, or a value outside its choices, fails the
+    test), and names a model the benchmark can build, on the GPU, in one process."""
+    script = ROOT / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    log, python = tmp_path / "commands.jsonl", tmp_path / "python"
+    python.write_text(RECORDER.format(python=sys.executable, log=str(log)))
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": str(python), "GPU_WHEELS": str(tmp_path / "no-wheels")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    benchmarks = [argv[1:] for argv in commands if argv[0] == "benchmarks/gradnorms.py"]
+    assert len(benchmarks) == 4, commands  # smollm2 bf16, fp32, untied bf16; llama-1b bf16
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_models import CONFIGS
+    from gradnorms import build_parser
+
+    seen = []
+    for argv in benchmarks:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"benchmarks/gradnorms.py refuses what gpu.sh passes: {argv}\n{err.getvalue()}")
+        kind, _, name = args.model.partition(":")
+        assert kind == "random" and name in CONFIGS, args.model  # random weights of a real shape: no download
+        assert (args.device, args.in_process, args.data) == ("cuda", True, "synthetic"), argv
+        assert args.out.parent == out and not args.only, argv
+        seen.append((name, args.dtype, args.untie, args.out.name))
+    assert seen == [("smollm2-135m", "bf16", False, "smollm2-bf16.json"),
+                    ("smollm2-135m", "fp32", False, "smollm2-fp32.json"),
+                    ("smollm2-135m", "bf16", True, "smollm2-untied-bf16.json"),
+                    ("llama-1b", "bf16", False, "llama1b-bf16.json")]
