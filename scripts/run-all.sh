@@ -17,3 +17,10 @@ $grads compare --validation results/medmcqa-smollm2 results/variant-*
 $grads compare results/confirm-no-warmup --against results/medmcqa-smollm2 --tag "no warm-up"
 $grads compare results/auto-budget --against results/medmcqa-smollm2 --tag "no warm-up"
 .venv/bin/python scripts/subset_profile.py
+# the claims grid (issue 15) with issue 26's controls; its shared scoring stages come back from the committed merged
+# tables first, so the controls are matched to the subsets the committed runs trained on
+for selection in results/claim-medmcqa/select results/claim-medmcqa/select-theta0; do
+    [ -e "$selection/score/score.json" ] || .venv/bin/python scripts/restore_scores.py "$selection"
+done
+$grads experiment results/claim-medmcqa/config.yaml --out results/claim-medmcqa
+.venv/bin/python scripts/claims.py results/claim-medmcqa

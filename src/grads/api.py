@@ -140,12 +140,13 @@ def select(data, model, ratio: float | None = default(SelectConfig, "ratios")[0]
     """`grads select` for one method and ratio (a method that chooses its own budget, as grads-auto, ignores
     `ratio`). `out`: the run's folder (kept; a rerun reuses its warm-up and scores); by default a new temporary
     folder, which `.save()` copies from and which is left for the system to clean."""
-    from grads.core.rules import RULES, output_name
+    from grads.core.rules import check_methods, output_name, rule_of
     from grads.pipeline import run_select
 
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-select-"))
     stage = _split(settings)
-    takes_ratio = RULES[method].takes_ratio if method in RULES else True
+    check_methods([method])
+    takes_ratio = rule_of(method).takes_ratio
     select_cfg = SelectConfig(methods=(method,), ratios=(ratio,) if takes_ratio else (), **stage[SelectConfig])
     job = SelectJob(model=ModelConfig(model=_model_name(model, tokenizer, work, True), **stage[ModelConfig]),
                     data=DataConfig(data=_data_file(data, work / "input"), **stage[DataConfig]),

@@ -80,9 +80,13 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     with timings.stage("warmup"):
         scoring_model = job.model.model
         if sel.warmup_epochs > 0:
-            if (warmup_folder(out) / "model" / DONE).exists():
+            warm = warmup_folder(out) / "model"
+            deleted = not (warm / DONE).exists() and _scores_need_no_model(out / "score", plan,
+                                                                          needed_columns(sel.methods))
+            if deleted or (warm / DONE).exists():
                 timings.reused.append("warmup")
-            scoring_model = str(run_warmup(job, plan, tokenizer, pool, progress, log))
+            # a warm-up deleted since its scores were made is not trained again: the scores are all that is needed
+            scoring_model = str(warm) if deleted else str(run_warmup(job, plan, tokenizer, pool, progress, log))
     score_job = ScoreJob(model=job.model.model_copy(update={"model": scoring_model}), data=job.data,
                          score=job.score, out=out / "score")
     load = functools.cache(lambda: models.load_model(scoring_model, dtype=job.model.dtype, device=job.model.device,
@@ -108,6 +112,14 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
         run_report(out)
     timings.write()
     return summary
+
+
+def _scores_need_no_model(score_dir: Path, plan: WarmupPlan, columns: set[str]) -> bool:
+    """The scores of this plan are finished with every extra column the rules need: the scoring model (the
+    warm-up) is not needed again, so a warm-up folder deleted since (it is large) need not be trained again."""
+    from grads.stages.score import finished
+
+    return finished(score_dir, plan.score_fingerprint) and all((score_dir / f"{c}.parquet").exists() for c in columns)
 
 
 def adopt_upstream(source: str | Path, job: SelectJob, log=print) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -130,6 +131,39 @@ def select_random_tokens(table, ratio, seed, cfg: DensitySpec = DEFAULTS):
     return np.sort(order[:k])
 
 
+def length_matched(lengths: np.ndarray, candidates: np.ndarray, targets: np.ndarray, seed: int) -> np.ndarray:
+    """Distinct candidates, one per target, each drawn at random among the candidates of the nearest length: first
+    every length's own stratum (a seeded draw without replacement), then, for what a stratum lacks, the nearest
+    lengths that still have candidates (the shorter first on a tie). Returns sorted row indices."""
+    rng = np.random.default_rng(seed)
+    shuffled = candidates[rng.permutation(len(candidates))]
+    strata: dict[int, list[int]] = {}
+    for row in shuffled.tolist():
+        strata.setdefault(int(lengths[row]), []).append(row)
+    needed = Counter(int(n) for n in lengths[targets])
+    picked: list[int] = []
+    for n, count in sorted(needed.items()):
+        take = strata.get(n, [])[:count]
+        picked += take
+        strata[n] = strata.get(n, [])[len(take):]
+        needed[n] -= len(take)
+    for n in sorted(needed, reverse=True):  # the shortfalls: longer answers are rarer, so they choose first
+        for _ in range(needed[n]):
+            nearest = min((m for m, rows in strata.items() if rows), key=lambda m: (abs(m - n), m), default=None)
+            if nearest is None:
+                raise ValueError("fewer candidates than targets: a matched draw needs at least as many")
+            picked.append(strata[nearest].pop(0))
+    return np.sort(np.array(picked, dtype=np.int64))
+
+
+def select_random_matched(table, ratio, seed, cfg: DensitySpec = DEFAULTS, target: str = "grads"):
+    """Baseline (length-matched): as many random examples as the `target` rule's subset of this ratio, each drawn
+    from the examples of the nearest answer length, so the count, the answer tokens and the optimizer steps are
+    the subset's: a gain over it comes from which examples were chosen, not how many or how long."""
+    chosen = select(table, target, ratio, seed, cfg)
+    return length_matched(table["n_target_tokens"].to_numpy(), np.flatnonzero(eligible(table)), chosen, seed)
+
+
 def select_full(table, ratio, seed, cfg=None):
     """Baseline: the whole pool, every row."""
     return np.arange(len(table))
@@ -181,6 +215,7 @@ class Rule:
     # a rule that chooses its own budget: (table, spec) -> (the ratio it keeps, how it chose), for selection.json
     budget: Callable[[pd.DataFrame, DensitySpec], tuple[float, str]] | None = None
     columns: tuple[str, ...] = ()  # score columns it needs beyond grads score's (computed by the select stage)
+    matches: bool = False  # a control matched to another rule's subset: `NAME:RULE` (NAME alone: RULE is grads)
 
 
 RULES: dict[str, Rule] = {
@@ -199,6 +234,8 @@ RULES: dict[str, Rule] = {
     "random": Rule(select_random, "a seeded random subset (baseline)"),
     "random-tokens": Rule(select_random_tokens, "random examples carrying as many answer tokens as the grads subset "
                           "(token-matched baseline)"),
+    "random-matched": Rule(select_random_matched, "random examples of the grads subset's count and answer lengths, "
+                           "or of RULE's with random-matched:RULE (length-matched baseline)", matches=True),
     "full": Rule(select_full, "the whole pool, every row (baseline)", takes_ratio=False),
     "length": Rule(select_length, "the longest answers (baseline)"),
     "loss": Rule(select_loss, "the highest answer loss at the scoring model (baseline)"),
@@ -208,10 +245,33 @@ RULES: dict[str, Rule] = {
 }
 
 
+MATCH = ":"  # random-matched:length is random-matched matched to the `length` rule's subset
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """'random-matched:length' -> ('random-matched', 'length'); 'grads' -> ('grads', None)."""
+    name, _, target = method.partition(MATCH)
+    return name, target or None
+
+
+def rule_of(method: str) -> Rule:
+    """The rule of a method name (a matched control's own rule, whatever it is matched to)."""
+    return RULES[split_method(method)[0]]
+
+
+def _known(method: str) -> bool:
+    name, target = split_method(method)
+    if name not in RULES or (target is not None and not RULES[name].matches):
+        return False
+    return target is None or (target in RULES and RULES[target].takes_ratio and not RULES[target].matches)
+
+
 def check_methods(names) -> None:
-    unknown = [m for m in names if m not in RULES]
+    unknown = [m for m in names if not _known(m)]
     if unknown:
-        raise GradsError(f"unknown method(s) {', '.join(unknown)}", hint=f"use: {', '.join(RULES)}")
+        raise GradsError(f"unknown method(s) {', '.join(unknown)}",
+                         hint=f"use: {', '.join(RULES)}; a matched control as NAME{MATCH}RULE, e.g. "
+                              f"random-matched{MATCH}length")
 
 
 def check_ratios(ratios) -> None:
@@ -222,17 +282,17 @@ def check_ratios(ratios) -> None:
 
 def output_name(method: str, ratio: float | None) -> str:
     """The file a selection is written to: '<method>-<ratio>.jsonl', or '<method>.jsonl' without a ratio."""
-    return f"{method}.jsonl" if not RULES[method].takes_ratio else f"{method}-{ratio:g}.jsonl"
+    return f"{method}.jsonl" if not rule_of(method).takes_ratio else f"{method}-{ratio:g}.jsonl"
 
 
 def select(table: pd.DataFrame, method: str, ratio: float | None, seed: int = 0,
            cfg: DensitySpec = DEFAULTS) -> np.ndarray:
     check_methods([method])
-    rule = RULES[method]
+    rule, target = rule_of(method), split_method(method)[1]
     missing = [c for c in rule.columns if c not in table]
     if missing:
         raise ValueError(f"{method} needs the column(s) {', '.join(missing)} (grads select computes them when "
                          f"{method} is asked)")
     if rule.signal:
         cfg = dataclasses.replace(cfg, signal=rule.signal)
-    return rule.select(table, ratio, seed, cfg)
+    return rule.select(table, ratio, seed, cfg, target=target) if target else rule.select(table, ratio, seed, cfg)

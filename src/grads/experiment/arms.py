@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-MODIFIERS = ("theta0", "full-steps")
+# theta0: scores of the base model (no warm-up); full-steps: the optimizer steps of one full-pool run (equal
+# compute); own-warmup: scores after a warm-up of the run's own seed (sample and order), so that seed-paired
+# intervals cover the selection's own variance (seed 0's is the shared warm-up)
+MODIFIERS = ("theta0", "full-steps", "own-warmup")
+
+
+def scores_source(modifiers: tuple[str, ...], seed: int) -> str:
+    """Which score table an arm selects from: 'shared' (the experiment's warm-up, seed 0), 'theta0' (the base
+    model), or 'seed-N' (the warm-up of seed N; seed 0's is the shared one)."""
+    if "theta0" in modifiers:
+        return "theta0"
+    return f"seed-{seed}" if "own-warmup" in modifiers and seed != 0 else "shared"
 
 
 def split_arm(arm: str) -> tuple[str, tuple[str, ...]]:

@@ -72,12 +72,21 @@ class ExperimentConfig(StageConfig):
         unknown = [m for a in arms for m in split_arm(a)[1] if m not in MODIFIERS]
         if unknown:
             raise GradsError(f"unknown arm modifier(s) {', '.join(unknown)}", hint=f"use: {', '.join(MODIFIERS)}")
+        both = [a for a in arms if {"theta0", "own-warmup"} <= set(split_arm(a)[1])]
+        if both:
+            raise GradsError(f"{both[0]}: @theta0 scores the base model, which has no warm-up of its own",
+                             hint="use one of @theta0 and @own-warmup")
         return arms
 
-    def selected_methods(self, theta0: bool = False) -> tuple[str, ...]:
-        """The rules the shared selection (or, theta0, the selection at the base model) must apply."""
-        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods
-                                   if ("theta0" in split_arm(a)[1]) == theta0))
+    def selected_methods(self, theta0: bool = False, own_warmup: bool = False) -> tuple[str, ...]:
+        """The rules a selection must apply: the shared one's (arms without @theta0; seed 0's @own-warmup arms
+        share it), the base model's (theta0: the @theta0 arms) or a seed's own warm-up's (own_warmup)."""
+        def wanted(modifiers: tuple[str, ...]) -> bool:
+            if theta0 or own_warmup:
+                return ("theta0" if theta0 else "own-warmup") in modifiers
+            return "theta0" not in modifiers
+
+        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods if wanted(split_arm(a)[1])))
 
     def stage_model(self, model: str | None = None) -> ModelConfig:
         return ModelConfig(model=model or self.model, dtype=self.dtype, device=self.device)
@@ -85,14 +94,15 @@ class ExperimentConfig(StageConfig):
     def signal_config(self) -> DensitySpec:
         return SignalConfig(signal=self.selection_signal).spec()
 
-    def select_job(self, pool_path: Path, out: Path, theta0: bool = False) -> SelectJob:
+    def select_job(self, pool_path: Path, out: Path, theta0: bool = False, seed: int | None = None) -> SelectJob:
         """The one shared selection (seed 0; the random baseline re-draws per seed in the runs); theta0: the
-        selection of the @theta0 arms, at the base model."""
+        selection of the @theta0 arms, at the base model; seed: the selection of the @own-warmup arms of that
+        seed, after a warm-up whose sample and order that seed draws."""
         return SelectJob(model=self.stage_model(), data=DataConfig(data=pool_path, max_length=self.max_length,
                                                                     limit=self.pool_limit),
                          score=ScoreConfig(batch_size=self.score_batch_size), train=self.train,
-                         select=SelectConfig(methods=self.selected_methods(theta0) or ("grads",),
-                                             ratios=self.ratios, seed=0,
+                         select=SelectConfig(methods=self.selected_methods(theta0, seed is not None) or ("grads",),
+                                             ratios=self.ratios, seed=seed or 0,
                                              warmup_epochs=0.0 if theta0 else self.warmup_epochs,
                                              warmup_fraction=self.warmup_fraction, signal=self.selection_signal),
                          out=out)

@@ -8,7 +8,9 @@ over several sittings. Between sittings the grid's shape (GRID_SHAPE: methods, r
 cut arms or add seeds; what a run computes (model, data, recipe, evaluation) may not. A method may carry arm
 modifiers: `grads@theta0` selects with the same rule on scores of the base model (a second selection in
 DIR/select-theta0, no warm-up) when the experiment warms up; `random@full-steps` trains for the optimizer steps of
-one run on the full pool (equal compute) instead of the recipe's epochs. Arms are compared like methods:
+one run on the full pool (equal compute) instead of the recipe's epochs; `grads@own-warmup` selects, for seed N,
+from the scores after a warm-up of seed N (DIR/select-seed-N; seed 0's is the shared one), so that the seed-paired
+interval covers the method's own variance. Arms are compared like methods:
 seed-paired, against `random` of the same ratio and `full`.
 The figures (G_bpb, F_bpb, G_acc, F_acc, G_val) and their intervals are grads.experiment.stats'.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from grads.errors import GradsError
-from grads.experiment.arms import run_name, split_arm
+from grads.experiment.arms import run_name, scores_source, split_arm
 from grads.experiment.config import GRID_SHAPE, ExperimentConfig, config_from, load_config
 from grads.experiment.tables import write_summary
 from grads.infra import atomic
@@ -30,10 +32,10 @@ from grads.infra import atomic
 def planned_runs(cfg: ExperimentConfig) -> list[tuple[str, float | None, int]]:
     """(method, ratio, seed) of every fine-tune; a method that chooses its own budget (grads-auto, and full)
     runs once per seed with ratio None."""
-    from grads.core.rules import RULES
+    from grads.core.rules import rule_of
 
     def takes_ratio(arm: str) -> bool:
-        return RULES[split_arm(arm)[0]].takes_ratio
+        return rule_of(split_arm(arm)[0]).takes_ratio
 
     runs = []
     for seed in sorted({s for m in cfg.methods for s in cfg.arm_seeds.get(m, cfg.seeds)} | set(cfg.seeds)):
@@ -95,13 +97,13 @@ def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
 def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frames: dict, rows, pool,
                tokenizer, log) -> None:
     """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json.
-    frames: the score tables, by whether they were scored at θ0 for the @theta0 arms."""
+    frames: the score tables by source (arms.scores_source)."""
     from grads.core.rules import select
     from grads.stages.train import run_train, training_record
 
     arm, ratio, seed = run
     method, modifiers = split_arm(arm)
-    frame = frames["theta0" in modifiers]
+    frame = frames[scores_source(modifiers, seed)]
     name = run_name(arm, ratio, seed)
     run_dir = out / "runs" / name
     picked = select(frame, method, ratio, seed, cfg.signal_config())
@@ -117,6 +119,24 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
         "train_answer_tokens": int(frame["n_target_tokens"].iloc[picked].sum()), "train_steps": done_train["steps"],
         "train_seconds": done_train.get("seconds"), "tasks": result["tasks"], "heldout": result.get("heldout", {}),
         "train_loss": done_train["train_loss"]})
+
+
+def _same_as_twin(out: Path, run: tuple[str, float | None, int], source: str) -> bool:
+    """An @own-warmup run whose scores are the shared ones (seed 0) is the same computation as the arm without the
+    modifier (the same subset, recipe and seed): when that run is finished, its results are this run's (marked
+    `same_as`), and nothing is trained twice."""
+    arm, ratio, seed = run
+    method, modifiers = split_arm(arm)
+    if "own-warmup" not in modifiers or source != "shared":
+        return False
+    twin = "@".join([method, *(m for m in modifiers if m != "own-warmup")])
+    twin_file = out / "runs" / run_name(twin, ratio, seed) / "results.json"
+    if not twin_file.exists():
+        return False
+    name = run_name(arm, ratio, seed)
+    result = {**json.loads(twin_file.read_text()), "run": name, "method": arm, "same_as": run_name(twin, ratio, seed)}
+    atomic.write_json(out / "runs" / name / "results.json", result)
+    return True
 
 
 def run_experiment(config_path: str | Path, out: str | Path, log=print, max_runs: int | None = None) -> Path:
@@ -143,17 +163,17 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     pool = tokenized(scan_pool(pool_path, None, cfg.pool_limit), tokenizer, cfg.pool_limit, cfg.max_length)
     # only the full pool (a pilot): nothing to select, so no warm-up and no scoring
-    frames = {False: pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows,
-                                   "n_target_tokens": pool.n_target_tokens, "status": "ok"})}
+    frames = {"shared": pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows,
+                                      "n_target_tokens": pool.n_target_tokens, "status": "ok"})}
     if cfg.selected_methods():
         if cfg.warmup_from:
             adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
         run_select(select_job, log=log)
-        frames[False] = load_scores(out / "select")
+        frames["shared"] = load_scores(out / "select")
     if cfg.selected_methods(theta0=True):
         log("the @theta0 arms: selecting at the base model")
         run_select(cfg.select_job(pool_path, out / "select-theta0", theta0=True), log=log)
-        frames[True] = load_scores(out / "select-theta0")
+        frames["theta0"] = load_scores(out / "select-theta0")
     rows = raw_rows(pool_path, cfg.pool_limit)
     done = 0
     for run in planned_runs(cfg):
@@ -161,6 +181,13 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
             continue
         if max_runs is not None and done >= max_runs:
             break
+        source = scores_source(split_arm(run[0])[1], run[2])
+        if _same_as_twin(out, run, source):
+            continue
+        if source not in frames:  # an @own-warmup arm's seed: its own warm-up, scores and selection, once
+            log(f"the @own-warmup arms of seed {run[2]}: warming up with that seed")
+            run_select(cfg.select_job(pool_path, out / f"select-{source}", seed=run[2]), log=log)
+            frames[source] = load_scores(out / f"select-{source}")
         _fine_tune(cfg, run, out, frames, rows, pool, tokenizer, log)
         done += 1
         write_summary(out, cfg, base)

@@ -3,12 +3,15 @@ seed-paired differences between methods with a 95% confidence interval (docs/met
 
 Figures of a run (base = the base model's evaluation, same items):
     G_bpb = mean over the held-out answer files of (base bpb − run bpb)       > 0: learned the domain
-    F_bpb = mean over general tasks with a bpb of (run bpb − base bpb)        > 0: forgot
+    F_bpb = mean over general tasks with a bpb of (run bpb − base bpb)        > 0: forgot (primary, as registered)
+    F_bpb_bytes = the same weighted by each task's gold bytes: the pooled bits per byte of all their gold
+            answers, in which a task counts by its text (secondary: a large task outweighs a small one)
     G     = mean over domain tasks of (run accuracy − base accuracy)          (G_acc; rotated letter questions)
     F     = mean over general tasks with an accuracy of (base − run accuracy) (F_acc)
     G_val = G on the validation tasks (the figure variants are chosen on)
 A paired difference is taken between two runs of the same seed (and ratio; `full` has none); over n seeds its
 95% interval is mean ± t(0.975, n−1)·sd/√n, and a difference whose interval holds 0 is "not distinguishable".
+Many comparisons read together are corrected by Holm's step-down rule on the paired t tests' p-values (`holm`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from pathlib import Path
 
 from scipy.stats import t as student_t
 
-FIGURES = ("G", "F", "G_val", "G_bpb", "F_bpb")
-
-
-LABELS = {"G": "G_acc", "F": "F_acc", "G_val": "G_val", "G_bpb": "G_bpb", "F_bpb": "F_bpb"}
+FIGURES = ("G", "F", "G_val", "G_bpb", "F_bpb", "F_bpb_bytes")
+LABELS = {"G": "G_acc", "F": "F_acc", "G_val": "G_val", "G_bpb": "G_bpb", "F_bpb": "F_bpb",
+          "F_bpb_bytes": "F_bpb_bytes"}
 
 
 def _mean_change(run: dict, base: dict, names, value: str, sign: int) -> float:
@@ -34,6 +36,27 @@ def _mean_change(run: dict, base: dict, names, value: str, sign: int) -> float:
     return statistics.fmean(deltas) if deltas else math.nan
 
 
+def _bytes_weighted_change(run: dict, base: dict, names) -> float:
+    """Σ_t bytes_t · (run bpb_t − base bpb_t) / Σ_t bytes_t over `names` with a bpb and gold bytes in both (the
+    same items, so the same bytes): the change of the pooled bits per byte (NaN when none has them)."""
+    pairs = [(base[n]["gold_bytes"], run[n]["bpb"] - base[n]["bpb"]) for n in names
+             if "bpb" in run.get(n, {}) and base.get(n, {}).get("gold_bytes")
+             and not (math.isnan(run[n]["bpb"]) or math.isnan(base[n]["bpb"]))]
+    total = sum(w for w, _ in pairs)
+    return sum(w * d for w, d in pairs) / total if total else math.nan
+
+
+def task_changes(run: dict, base: dict, names) -> dict[str, float]:
+    """Each task's forgetting: run − base bits per byte where the task has one, else base − run accuracy."""
+    out = {}
+    for name in names:
+        mine, theirs = run.get(name, {}), base.get(name, {})
+        key, sign = ("bpb", +1) if "bpb" in theirs else ("accuracy", -1)
+        if key in mine and key in theirs:
+            out[name] = sign * (mine[key] - theirs[key])
+    return out
+
+
 def run_figures(run: dict, base: dict, ev) -> dict[str, float]:
     """A run's figures (module docstring) from its evaluation and the base model's; `ev`: an EvalConfig."""
     tasks, base_tasks = run["tasks"], base["tasks"]
@@ -42,7 +65,8 @@ def run_figures(run: dict, base: dict, ev) -> dict[str, float]:
             "F": _mean_change(tasks, base_tasks, ev.general_tasks, "accuracy", -1),
             "G_val": _mean_change(tasks, base_tasks, ev.validation_tasks, "accuracy", +1),
             "G_bpb": _mean_change(heldout, base_heldout, list(base_heldout), "bpb", -1),
-            "F_bpb": _mean_change(tasks, base_tasks, ev.general_tasks, "bpb", +1)}
+            "F_bpb": _mean_change(tasks, base_tasks, ev.general_tasks, "bpb", +1),
+            "F_bpb_bytes": _bytes_weighted_change(tasks, base_tasks, ev.general_tasks)}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -70,6 +94,29 @@ def detectable_difference(sd_difference: float, n_seeds: int, alpha: float = 0.0
     return (student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * sd_difference / math.sqrt(n_seeds)
 
 
+def paired_p_value(mean: float, sd: float, n: int) -> float:
+    """Two-sided p-value of the paired t test of a mean difference over n pairs (NaN with fewer than two; 0 when
+    every pair differs by the same nonzero amount)."""
+    if n < 2 or math.isnan(mean) or math.isnan(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0 if mean else 1.0
+    return float(2 * student_t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(p_values: list[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down rule: which of m hypotheses are rejected at family-wise level alpha. The i-th smallest
+    p-value (i = 1..m) is compared with alpha / (m − i + 1), stopping at the first that is larger; NaN never
+    rejects and does not count in m."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    rejected = [False] * len(p_values)
+    for rank, (p, i) in enumerate(tested):
+        if p > alpha / (len(tested) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
 def _groups(results: list[dict]) -> list[tuple[tuple[str, float | None], list[dict]]]:
     groups: dict[tuple[str, float | None], list[dict]] = {}
     for r in results:
@@ -82,8 +129,9 @@ def task_value(result: dict) -> float:
 
 
 def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
-    """Per method and ratio: the seeds, mean ± std of every figure, the mean answer tokens trained on, and each
-    task's mean accuracy (bpb for likelihood-only tasks) and each held-out file's mean bpb."""
+    """Per method and ratio: the seeds, mean ± std of every figure, the mean answer tokens trained on, each
+    task's mean accuracy (bpb for likelihood-only tasks), each general task's mean forgetting (`F:<task>`,
+    task_changes) and each held-out file's mean bpb."""
     rows = []
     for (method, ratio), runs in _groups(results):
         figures = [run_figures(r, base, ev) for r in runs]
@@ -93,6 +141,9 @@ def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std([f[name] for f in figures])
         for task in ev.all_tasks():
             row[task] = mean_std([task_value(r["tasks"][task]) for r in runs if task in r["tasks"]])[0]
+        changes = [task_changes(r["tasks"], base["tasks"], ev.general_tasks) for r in runs]
+        for task in ev.general_tasks:
+            row[f"F:{task}"] = mean_std([c[task] for c in changes if task in c])[0]
         for name in base.get("heldout", {}):
             row[f"heldout:{name}"] = mean_std([r["heldout"][name]["bpb"] for r in runs
                                                if name in r.get("heldout", {})])[0]

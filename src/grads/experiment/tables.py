@@ -8,8 +8,12 @@ import math
 from pathlib import Path
 
 from grads.experiment.figures import plot_gain_forgetting
+from grads.experiment.stability import experiment_selections, stability, stability_lines
 from grads.experiment.stats import FIGURES, LABELS, aggregate, load_runs, paired_differences, run_figures, task_value
 from grads.infra import atomic
+
+# the controls every arm is paired with, seed by seed (and ratio by ratio; `full` has none), when the grid has them
+REFERENCES = ("random", "random-matched", "full")
 
 
 def format_ratio(ratio: float | None, method: str) -> str:
@@ -67,19 +71,37 @@ def _figures_table(rows: list[dict], measured: list[str], columns: list[str], ba
     for row in rows:
         cells = [row["method"], format_ratio(row["ratio"], row["method"]), str(len(row["seeds"])),
                  "–" if math.isnan(row["answer_tokens"]) else f"{row['answer_tokens']:.0f}",
-                 *(pm(row[f"{n}_mean"], row[f"{n}_std"], 4 if n.endswith("bpb") else 3) for n in measured),
+                 *(pm(row[f"{n}_mean"], row[f"{n}_std"], 4 if "bpb" in n else 3) for n in measured),
                  *(f"{row.get(c, math.nan):.3f}" for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def _forgetting_table(rows: list[dict], tasks, base: dict) -> list[str]:
+    """Each general task's forgetting, mean over seeds: run − base bpb where the task has one (bpb tasks), else
+    base − run accuracy; > 0 forgot. F_bpb is the mean of the bpb columns, F_bpb_bytes their gold-bytes mean."""
+    tasks = [t for t in tasks if any(not math.isnan(r.get(f"F:{t}", math.nan)) for r in rows)]
+    if not tasks:
+        return []
+    def label(task: str) -> str:
+        info = base["tasks"].get(task, {})
+        return f"{task} (bpb, {info['gold_bytes']} B)" if "bpb" in info else f"{task} (acc)"
+
+    lines = ["", "Forgetting per general task (mean over seeds; > 0 forgot):", "",
+             "| method | ratio | " + " | ".join(map(label, tasks)) + " |", "|---|---|" + "---|" * len(tasks)]
+    for row in rows:
+        lines.append(f"| {row['method']} | {format_ratio(row['ratio'], row['method'])} | "
+                     + " | ".join(pm(row.get(f"F:{t}", math.nan), None, 4) for t in tasks) + " |")
+    return lines
+
+
 def _paired_table(pairs: list[dict], reference: str, measured: list[str]) -> list[str]:
-    lines = ["", f"Against `{reference}` with the same seed" + (" and ratio" if reference == "random" else "")
+    lines = ["", f"Against `{reference}` with the same seed" + (" and ratio" if reference != "full" else "")
              + ": the mean paired difference [95% interval over seeds]; ΔF > 0 is more forgetting, ΔG > 0 more "
              "learning.", "", "| method | ratio | pairs | " + " | ".join(f"Δ{LABELS[n]}" for n in measured) + " |",
              "|---|---|---|" + "---|" * len(measured)]
     for row in pairs:
-        cells = [with_interval(row, n, 4 if n.endswith("bpb") else 3) for n in measured]
+        cells = [with_interval(row, n, 4 if "bpb" in n else 3) for n in measured]
         lines.append(f"| {row['method']} | {format_ratio(row['ratio'], row['method'])} | {row['n_pairs']} | "
                      + " | ".join(cells) + " |")
     return lines
@@ -92,7 +114,7 @@ def _runs_table(results: list[dict], base: dict, ev, measured: list[str]) -> lis
         figures = run_figures(r, base, ev)
         tokens = r.get("train_answer_tokens")
         lines.append(f"| {r['run']} | {r['n_train']} | {'–' if tokens is None else tokens} | "
-                     + " | ".join(pm(figures[n], None, 4 if n.endswith("bpb") else 3) for n in measured)
+                     + " | ".join(pm(figures[n], None, 4 if "bpb" in n else 3) for n in measured)
                      + f" | {r['train_loss']:.3f} |")
     return lines
 
@@ -101,17 +123,23 @@ def write_summary(out: Path, cfg, base: dict) -> None:
     """OUT/summary.csv, OUT/summary.md and OUT/g_vs_f.png from every finished run; `cfg`: ExperimentConfig."""
     ev, results = cfg.eval, load_runs(out)
     rows = aggregate(results, base, ev)
-    columns = [*ev.all_tasks(), *(f"heldout:{n}" for n in base.get("heldout", {}))]
+    columns = [*ev.all_tasks(), *(f"heldout:{n}" for n in base.get("heldout", {})),
+               *(f"F:{t}" for t in ev.general_tasks)]
     atomic.write_text(out / "summary.csv", _csv(rows, columns))
     measured = _measured(rows) or ["G", "F"]
     base_line = [f"{t} {task_value(base['tasks'][t]):.4g}" for t in ev.all_tasks() if t in base["tasks"]]
     base_line += [f"held-out {n} bpb {v['bpb']:.4f}" for n, v in base.get("heldout", {}).items()]
     lines = ["# Experiment summary", "", _preamble(cfg), "", "Base model: " + ", ".join(base_line) + ".", "",
-             *_figures_table(rows, measured, columns, base)]
-    for reference in ("random", "full"):
+             *_figures_table(rows, measured, [c for c in columns if not c.startswith("F:")], base),
+             *_forgetting_table(rows, ev.general_tasks, base)]
+    for reference in REFERENCES:
         pairs = paired_differences(results, base, ev, reference)
         if pairs:
             lines += _paired_table(pairs, reference, measured)
+    agreement = stability(experiment_selections(out))
+    if agreement:
+        atomic.write_json(out / "stability.json", agreement)
+    lines += stability_lines(agreement)
     lines += _runs_table(results, base, ev, measured)
     atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
     plot_gain_forgetting(out / "g_vs_f.png", rows, "bpb" if "G_bpb" in measured else "acc")
@@ -125,8 +153,8 @@ def _preamble(cfg) -> str:
     rotations = "all rotations" if ev.mc_rotations is None else f"{ev.mc_rotations} rotation(s)"
     return (f"Model `{cfg.model}`, pool `{cfg.data}` (first {cfg.pool_limit} examples), {ev.limit} questions per "
             "task" + "".join(f", {t} {n}" for t, n in ev.limits.items()) + f"; letter questions in {rotations}. "
-            f"Fine-tune per run: {recipe}; " + _scoring(cfg) + ". Figures as in grads.experiment.stats: G_bpb = held-out bpb "
-            "gained, F_bpb = general bpb lost, "
+            f"Fine-tune per run: {recipe}; " + _scoring(cfg) + ". Figures as in grads.experiment.stats: G_bpb = "
+            "held-out bpb gained, F_bpb = general bpb lost, "
             "G_acc / F_acc the same with accuracy, G_val on the validation tasks (for choosing variants only). "
             "Mean ± std over seeds.")
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from grads._version import __version__
 from grads.config import SelectJob
-from grads.core.rules import RULES, output_name, select
+from grads.core.rules import output_name, rule_of, select
 from grads.core.signals import density
 from grads.data.readers import raw_rows
 from grads.infra import atomic
@@ -47,7 +47,7 @@ def read_scores(score_dir: str | Path, columns: set[str] = frozenset()) -> pd.Da
 
 
 def needed_columns(methods) -> set[str]:
-    return {column for method in methods for column in RULES[method].columns}
+    return {column for method in methods for column in rule_of(method).columns}
 
 
 def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict]]:
@@ -55,12 +55,12 @@ def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict
     sel, signal = job.select, job.select.spec()
     chosen = {}
     for method in sel.methods:
-        for ratio in (sel.ratios if RULES[method].takes_ratio else [None]):
+        for ratio in (sel.ratios if rule_of(method).takes_ratio else [None]):
             picked = select(frame, method, ratio, sel.seed, signal)
             entry = {"method": method, "ratio": ratio, "n_selected": int(len(picked)),
                      "ids": frame["id"].iloc[picked].tolist()}
-            if RULES[method].budget:  # grads-auto: the ratio it chose, and how
-                entry["ratio"], entry["rule"] = RULES[method].budget(frame, signal)
+            if rule_of(method).budget:  # grads-auto: the ratio it chose, and how
+                entry["ratio"], entry["rule"] = rule_of(method).budget(frame, signal)
             chosen[output_name(method, ratio)] = (picked, entry)
     return chosen
 

@@ -1,0 +1,130 @@
+"""Smoke tests of the scripts under scripts/ on hand-made inputs (the numbers checked by hand); each runs the
+script as a child process."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import ROOT
+from scipy.stats import ttest_1samp
+
+from grads.experiment.stats import detectable_difference
+
+pytestmark = pytest.mark.e2e
+
+
+def write_pilot(folder: Path, held: list[float]) -> None:
+    (folder / "runs" / "base").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "methods": [], "ratios": [], "seeds": [0, 1, 2],
+        "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["gsm8k"], "heldout": ["h.jsonl"]}}))
+    base = {"tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.70}}, "heldout": {"h": {"bpb": 1.30}}}
+    (folder / "runs" / "base" / "results.json").write_text(json.dumps(base))
+    for seed, value in enumerate(held):
+        run = {"run": f"full-s{seed}", "method": "full", "ratio": None, "seed": seed, "n_train": 10,
+               "train_loss": 1.0, "tasks": {"medmcqa": {"accuracy": 0.25 + 0.01 * seed},
+                                            "gsm8k": {"bpb": 0.71 + 0.001 * seed}},
+               "heldout": {"h": {"bpb": value}}}
+        (folder / "runs" / f"full-s{seed}").mkdir()
+        (folder / "runs" / f"full-s{seed}" / "results.json").write_text(json.dumps(run))
+
+
+def test_power_script_reports_the_seed_spread_and_the_seeds_needed(tmp_path):
+    held = [1.20, 1.21, 1.22]  # G_bpb 0.10, 0.09, 0.08: mean 0.09, seed SD 0.01
+    write_pilot(tmp_path / "pilot", held)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "power.py"), str(tmp_path / "pilot")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| G")}
+    assert "+0.0900 | 0.0100 | 0.0141" in rows["G_bpb"]
+    needed = min(n for n in range(3, 11) if detectable_difference(math.sqrt(2) * 0.01, n) <= 0.2 * 0.09)
+    assert f"seeds needed for G_bpb at 20% of the full pool's gain: {needed}" in done.stdout
+
+
+def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
+    write_pilot(tmp_path / "grid", [1.20, 1.21, 1.22])  # full, held-out bpb per seed; base 1.30
+    runs = tmp_path / "grid" / "runs"
+    for seed, (g5, g50, r5) in enumerate([(1.25, 1.10, 1.27), (1.24, 1.12, 1.22), (1.26, 1.13, 1.27)]):
+        for method, ratio, held in [("grads", 0.05, g5), ("grads", 0.5, g50), ("random", 0.05, r5)]:
+            run = {"run": f"{method}-{ratio:g}-s{seed}", "method": method, "ratio": ratio, "seed": seed,
+                   "tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.71}}, "heldout": {"h": {"bpb": held}}}
+            (runs / run["run"]).mkdir()
+            (runs / run["run"] / "results.json").write_text(json.dumps(run))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    cells = {(c[1], c[3]): (c[4], c[6]) for c in table}
+    p_value = {(c[1], c[3]): c[5] for c in table}
+    holm = {(c[1], c[3]): c[7] for c in table}
+    resolution = {(c[1], c[3]): c[8] for c in table}
+    # grads-0.05 − full, G_bpb per seed: −0.05, −0.03, −0.04: mean −0.04, sd 0.01; t(0.975, 2) = 4.3027 (a t table)
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5
+    assert cells[("grads-0.05 − full", "G_bpb")] == (f"-0.0400 [{-0.04 - half:+.4f}, {-0.04 + half:+.4f}]",
+                                                    "contradicts")
+    # resolution at power 0.8: (t(0.975, 2) + t(0.8, 2)) · sd / √3; for 2 degrees of freedom
+    # t(p) = (2p − 1) / √(2p(1 − p)), so t(0.8, 2) = 0.6 / √0.32
+    detectable = (4.302652729911275 + 0.6 / 0.32 ** 0.5) * 0.01 / 3 ** 0.5
+    assert resolution[("grads-0.05 − full", "G_bpb")] == f"{detectable:.4f} |"
+    assert cells[("grads-0.5 − full", "G_bpb")][1] == "supports"  # +0.10, +0.09, +0.09
+    assert cells[("grads-0.5 − grads-0.05", "G_bpb")][1] == "supports"
+    assert cells[("grads-0.05 − random-0.05", "G_bpb")][1] == "cannot tell"  # +0.02, −0.02, +0.01
+    # forgetting: grads' general bpb 0.71 against full's 0.710, 0.711, 0.712: −0.001 ± 0.001, holds 0
+    assert cells[("grads-0.05 − full", "F_bpb")][1] == "cannot tell"
+    # the control, random-0.05 − full: −0.07, −0.01, −0.05 (sd 0.0306): holds 0
+    assert cells[("random-0.05 − full", "G_bpb")] == ("-0.0433 [-0.1192, +0.0326] not distinguishable", "cannot tell")
+    assert ("grads@full-steps-0.05 − full", "G_bpb") not in cells  # an arm the folder lacks is left out
+    # the paired t test of −0.05, −0.03, −0.04 (p = 0.020), and Holm over the family (every row but the
+    # controls, '—' there): the k-th smallest p of m is rejected while each so far is ≤ α/(m − k + 1)
+    p = ttest_1samp([-0.05, -0.03, -0.04], 0.0).pvalue
+    assert float(p_value[("grads-0.05 − full", "G_bpb")]) == pytest.approx(p, rel=1e-2)
+    assert p_value[("random-0.05 − full", "G_bpb")] == "—" and holm[("random-0.05 − full", "G_bpb")] == "—"
+    family = sorted(float(v) for v in p_value.values() if v != "—")
+    passing = 0
+    while passing < len(family) and family[passing] <= 0.05 / (len(family) - passing):
+        passing += 1
+    rejected = p <= family[passing - 1] if passing else False
+    assert holm[("grads-0.05 − full", "G_bpb")] == ("contradicts" if rejected else "cannot tell")
+    assert holm[("grads-0.05 − random-0.05", "G_bpb")] == "cannot tell"
+
+
+def scores(folder: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    answer = rng.integers(1, 200, n)
+    pd.DataFrame({
+        "id": [f"ex{i}" for i in range(n)], "row": np.arange(n), "n_tokens": answer + 50,
+        "n_target_tokens": answer, "truncated_tokens": np.zeros(n, dtype=int), "loss": rng.uniform(0.5, 3.0, n),
+        "emb_grad_norm": rng.lognormal(0.0, 0.5, n), "head_grad_norm": rng.lognormal(1.0, 0.5, n),
+        "tied_grad_norm": np.full(n, np.nan), "status": ["ok"] * n,
+    }).to_parquet(folder / "scores.parquet")
+    return folder
+
+
+def test_subset_profile_script_smoke(tmp_path):
+    theta1, theta0 = scores(tmp_path / "theta1", 40, 0), scores(tmp_path / "theta0", 40, 1)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "subset_profile.py"), "--theta1", str(theta1),
+                           "--theta0", str(theta0)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("pool: 40 examples, answer tokens mean ")
+    rows = [line for line in lines[3:] if line.startswith("| θ")]
+    assert len(lines) == 3 + 24 and len(rows) == 24  # 8 rules × 3 ratios
+    # ⌈ρ·40⌉ examples per rule; the default `grads` subset shares all of its own
+    assert [row.split(" | ")[4] for row in rows] == ["2"] * 8 + ["10"] * 8 + ["20"] * 8
+    assert rows[0].startswith("| θ1 | zsum | grads | 0.05 | 2 |") and rows[0].endswith("| 2 |")
+
+
+def test_subset_profile_script_refuses_different_pools(tmp_path):
+    theta1, theta0 = scores(tmp_path / "theta1", 40, 0), scores(tmp_path / "theta0", 30, 1)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "subset_profile.py"), "--theta1", str(theta1),
+                           "--theta0", str(theta0)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "rows differ" in done.stderr
