@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from grads._version import __version__
 from grads.config import (
     DataConfig,
     EvalJob,
@@ -34,6 +35,18 @@ data_app = typer.Typer(help="Prepare and inspect SFT data.", no_args_is_help=Tru
 models_app = typer.Typer(help="Built-in models and the model cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"grads {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="print the version and exit")] = False) -> None:
+    """GrADS: gradient-aware data selection for supervised fine-tuning of LLMs."""
 
 
 def opt(config, field: str, *flags: str, extra: str = "") -> typer.models.OptionInfo:

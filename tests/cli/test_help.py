@@ -64,3 +64,15 @@ def test_every_command_has_help_with_an_example_that_the_command_accepts(path):
     # every option it uses exists, every required argument is given, every value converts
     context = command.make_context(" ".join(path), argv[len(path):])  # raises on a bad example
     assert context.args == [] and set(context.params) == {p.name for p in command.params}
+
+
+def test_version_is_declared_once_and_printed():
+    """`grads --version` prints the version the installed package's metadata carries (pyproject.toml reads it from
+    grads/_version.py, the one place it is written)."""
+    import importlib.metadata
+
+    import grads
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"grads {importlib.metadata.version('grads-llm')}" == f"grads {grads.__version__}"
