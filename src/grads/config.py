@@ -247,8 +247,15 @@ class EvalConfig(StageConfig):
                                      "per byte (G_bpb); '{out}' stands for the experiment folder")
     heldout_limit: int | None = added(None, "0.3", gt=0, description="score only the first N examples of each "
                                       "held-out file")
+    general_heldout: tuple[str, ...] = added((), "0.4", description="held-out answer files of other domains, "
+                                             "scored as bits per byte into the forgetting figures (F_bpb) like a "
+                                             "general task; '{out}' stands for the experiment folder")
     mc_rotations: int | None = added(None, "0.3", gt=0, description="ask letter questions in this many cyclic "
                                      "rotations of their options (None: all K), accuracy averaged over them")
+
+    def general_heldout_names(self) -> tuple[str, ...]:
+        """The names the general held-out files are reported under (their file stems, as `grads eval` names them)."""
+        return tuple(Path(path).stem for path in self.general_heldout)
 
     def all_tasks(self) -> list[str]:
         return list(dict.fromkeys(self.domain_tasks + self.validation_tasks + self.general_tasks))

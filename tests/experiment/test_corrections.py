@@ -58,3 +58,19 @@ def test_holm_by_hand():
     # against Bonferroni: Holm rejects at least as much
     ps = [0.004, 0.011, 0.013, 0.2]
     assert holm(ps) == [True, True, True, False] and [p <= 0.05 / 4 for p in ps] == [True, True, False, False]
+
+
+def test_a_held_out_file_of_another_domain_counts_as_forgetting():
+    """general_heldout: a held-out file of another domain (e.g. MedMCQA explanations in a GSM8K experiment) leaves
+    G_bpb and joins F_bpb as one more task, weighted by its answer bytes in F_bpb_bytes."""
+    ev = EvalConfig(domain_tasks=(), general_tasks=("arc",), general_heldout=("{out}/data/med_expl.jsonl",))
+    base = {"tasks": {"arc": {"bpb": 1.0, "gold_bytes": 1000}},
+            "heldout": {"gsm": {"bpb": 0.70, "n_bytes": 5000}, "med_expl": {"bpb": 1.20, "n_bytes": 3000}}}
+    run = {"tasks": {"arc": {"bpb": 1.02, "gold_bytes": 1000}},
+           "heldout": {"gsm": {"bpb": 0.60, "n_bytes": 5000}, "med_expl": {"bpb": 1.26, "n_bytes": 3000}}}
+    figures = run_figures(run, base, ev)
+    assert figures["G_bpb"] == pytest.approx(0.10)  # the domain's own held-out file only
+    assert figures["F_bpb"] == pytest.approx((0.02 + 0.06) / 2)
+    assert figures["F_bpb_bytes"] == pytest.approx((1000 * 0.02 + 3000 * 0.06) / 4000)
+    row = aggregate([{"method": "grads", "ratio": 0.5, "seed": 0, **run}], base, ev)[0]
+    assert row["F:med_expl"] == pytest.approx(0.06) and row["F:arc"] == pytest.approx(0.02)

@@ -118,7 +118,7 @@ class ExperimentConfig(StageConfig):
     def eval_job(self, model: str, out: Path, folder: Path) -> EvalJob:
         """The evaluation of `model` (the experiment in `folder`: '{out}' in held-out paths stands for it)."""
         ev = self.eval
-        heldout = tuple(Path(path.replace("{out}", str(folder))) for path in ev.heldout)
+        heldout = tuple(Path(path.replace("{out}", str(folder))) for path in ev.heldout + ev.general_heldout)
         return EvalJob(model=self.stage_model(model), tasks=tuple(ev.all_tasks()), heldout=heldout,
                        heldout_limit=ev.heldout_limit, limit=ev.limit, limits=ev.limits, batch_size=ev.batch_size,
                        mc_rotations=ev.mc_rotations, max_length=self.max_length, out=out)

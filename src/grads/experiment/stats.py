@@ -3,7 +3,8 @@ seed-paired differences between methods with a 95% confidence interval (docs/met
 
 Figures of a run (base = the base model's evaluation, same items):
     G_bpb = mean over the held-out answer files of (base bpb − run bpb)       > 0: learned the domain
-    F_bpb = mean over general tasks with a bpb of (run bpb − base bpb)        > 0: forgot (primary, as registered)
+    F_bpb = mean over general tasks with a bpb of (run bpb − base bpb)        > 0: forgot (primary, as registered);
+            held-out files of other domains (`general_heldout`) count as general tasks here, not in G_bpb
     F_bpb_bytes = the same weighted by each task's gold bytes: the pooled bits per byte of all their gold
             answers, in which a task counts by its text (secondary: a large task outweighs a small one)
     G     = mean over domain tasks of (run accuracy − base accuracy)          (G_acc; rotated letter questions)
@@ -57,16 +58,30 @@ def task_changes(run: dict, base: dict, names) -> dict[str, float]:
     return out
 
 
+def general_names(ev) -> tuple[str, ...]:
+    """What forgetting is measured on: the general tasks, then the held-out files of other domains."""
+    return (*ev.general_tasks, *ev.general_heldout_names())
+
+
+def general_measures(result: dict, ev) -> dict[str, dict]:
+    """A run's (or the base's) tasks, with each general held-out file as one more task (its bytes as gold
+    bytes), so that forgetting reads them alike."""
+    names = set(ev.general_heldout_names())
+    extra = {n: {**v, "gold_bytes": v.get("n_bytes")} for n, v in result.get("heldout", {}).items() if n in names}
+    return {**result["tasks"], **extra}
+
+
 def run_figures(run: dict, base: dict, ev) -> dict[str, float]:
     """A run's figures (module docstring) from its evaluation and the base model's; `ev`: an EvalConfig."""
-    tasks, base_tasks = run["tasks"], base["tasks"]
     heldout, base_heldout = run.get("heldout", {}), base.get("heldout", {})
+    tasks, base_tasks, general_tasks = general_measures(run, ev), general_measures(base, ev), general_names(ev)
+    general = set(ev.general_heldout_names())
     return {"G": _mean_change(tasks, base_tasks, ev.domain_tasks, "accuracy", +1),
-            "F": _mean_change(tasks, base_tasks, ev.general_tasks, "accuracy", -1),
+            "F": _mean_change(tasks, base_tasks, general_tasks, "accuracy", -1),
             "G_val": _mean_change(tasks, base_tasks, ev.validation_tasks, "accuracy", +1),
-            "G_bpb": _mean_change(heldout, base_heldout, list(base_heldout), "bpb", -1),
-            "F_bpb": _mean_change(tasks, base_tasks, ev.general_tasks, "bpb", +1),
-            "F_bpb_bytes": _bytes_weighted_change(tasks, base_tasks, ev.general_tasks)}
+            "G_bpb": _mean_change(heldout, base_heldout, [n for n in base_heldout if n not in general], "bpb", -1),
+            "F_bpb": _mean_change(tasks, base_tasks, general_tasks, "bpb", +1),
+            "F_bpb_bytes": _bytes_weighted_change(tasks, base_tasks, general_tasks)}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -141,8 +156,8 @@ def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std([f[name] for f in figures])
         for task in ev.all_tasks():
             row[task] = mean_std([task_value(r["tasks"][task]) for r in runs if task in r["tasks"]])[0]
-        changes = [task_changes(r["tasks"], base["tasks"], ev.general_tasks) for r in runs]
-        for task in ev.general_tasks:
+        changes = [task_changes(general_measures(r, ev), general_measures(base, ev), general_names(ev)) for r in runs]
+        for task in general_names(ev):
             row[f"F:{task}"] = mean_std([c[task] for c in changes if task in c])[0]
         for name in base.get("heldout", {}):
             row[f"heldout:{name}"] = mean_std([r["heldout"][name]["bpb"] for r in runs

@@ -9,7 +9,17 @@ from pathlib import Path
 
 from grads.experiment.figures import plot_gain_forgetting
 from grads.experiment.stability import experiment_selections, stability, stability_lines
-from grads.experiment.stats import FIGURES, LABELS, aggregate, load_runs, paired_differences, run_figures, task_value
+from grads.experiment.stats import (
+    FIGURES,
+    LABELS,
+    aggregate,
+    general_measures,
+    general_names,
+    load_runs,
+    paired_differences,
+    run_figures,
+    task_value,
+)
 from grads.infra import atomic
 
 # the controls every arm is paired with, seed by seed (and ratio by ratio; `full` has none), when the grid has them
@@ -77,15 +87,15 @@ def _figures_table(rows: list[dict], measured: list[str], columns: list[str], ba
     return lines
 
 
-def _forgetting_table(rows: list[dict], tasks, base: dict) -> list[str]:
+def _forgetting_table(rows: list[dict], tasks, base_measures: dict) -> list[str]:
     """Each general task's forgetting, mean over seeds: run − base bpb where the task has one (bpb tasks), else
     base − run accuracy; > 0 forgot. F_bpb is the mean of the bpb columns, F_bpb_bytes their gold-bytes mean."""
     tasks = [t for t in tasks if any(not math.isnan(r.get(f"F:{t}", math.nan)) for r in rows)]
     if not tasks:
         return []
     def label(task: str) -> str:
-        info = base["tasks"].get(task, {})
-        return f"{task} (bpb, {info['gold_bytes']} B)" if "bpb" in info else f"{task} (acc)"
+        info = base_measures.get(task, {})
+        return f"{task} (bpb, {info.get('gold_bytes')} B)" if "bpb" in info else f"{task} (acc)"
 
     lines = ["", "Forgetting per general task (mean over seeds; > 0 forgot):", "",
              "| method | ratio | " + " | ".join(map(label, tasks)) + " |", "|---|---|" + "---|" * len(tasks)]
@@ -124,14 +134,14 @@ def write_summary(out: Path, cfg, base: dict) -> None:
     ev, results = cfg.eval, load_runs(out)
     rows = aggregate(results, base, ev)
     columns = [*ev.all_tasks(), *(f"heldout:{n}" for n in base.get("heldout", {})),
-               *(f"F:{t}" for t in ev.general_tasks)]
+               *(f"F:{t}" for t in general_names(ev))]
     atomic.write_text(out / "summary.csv", _csv(rows, columns))
     measured = _measured(rows) or ["G", "F"]
     base_line = [f"{t} {task_value(base['tasks'][t]):.4g}" for t in ev.all_tasks() if t in base["tasks"]]
     base_line += [f"held-out {n} bpb {v['bpb']:.4f}" for n, v in base.get("heldout", {}).items()]
     lines = ["# Experiment summary", "", _preamble(cfg), "", "Base model: " + ", ".join(base_line) + ".", "",
              *_figures_table(rows, measured, [c for c in columns if not c.startswith("F:")], base),
-             *_forgetting_table(rows, ev.general_tasks, base)]
+             *_forgetting_table(rows, general_names(ev), general_measures(base, ev))]
     for reference in REFERENCES:
         pairs = paired_differences(results, base, ev, reference)
         if pairs:
