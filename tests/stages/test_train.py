@@ -88,3 +88,23 @@ def test_activation_checkpointing_is_a_runtime_setting_with_the_same_model(tmp_p
     assert "activation_checkpointing" not in json.loads((tmp_path / "on" / "model" / "done.json").read_text())["config"]
     train("--no-activation-checkpointing", "on")
     assert told == [True, False]  # no third trainer: the finished run was reused
+
+
+def test_a_lora_fine_tune_prints_no_deprecation_warning(tmp_path, tiny_model_dir, medmcqa_dir):
+    """A normal run shows no warning a user cannot act on: PEFT's read of transformers' deprecated
+    `is_gradient_checkpointing` is silenced where grads builds the trainer, and grads passes transformers' current
+    option names (activation_checkpointing)."""
+    import warnings
+
+    from grads.config import DataConfig, ModelConfig, TrainConfig, TrainJob
+    from grads.stages.train import run_train
+
+    job = TrainJob(model=ModelConfig(model=str(tiny_model_dir)),
+                   data=DataConfig(data=medmcqa_dir / "pool.jsonl", limit=8, max_length=64),
+                   train=TrainConfig(max_steps=2, batch_size=4), out=tmp_path / "ft")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_train(job, progress=False)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, FutureWarning | DeprecationWarning)
+                    and "deprecated" in str(w.message)]
+    assert deprecations == []

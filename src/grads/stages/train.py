@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,12 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target, task_type="CAUSAL_LM")
     args = _sft_args(cfg, out_dir, pick_device(model_cfg.device), model, progress)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+    with warnings.catch_warnings():
+        # PEFT's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (renamed
+        # `is_activation_checkpointing` in transformers 5): a warning about library code no user can act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
     last = last_complete_checkpoint(out_dir / "checkpoints")
     if distributed.is_main():
         atomic.write_json(out_dir / "checkpoints" / OWNER, {"fingerprint": fingerprint})
