@@ -78,6 +78,30 @@ def test_unknown_settings_and_a_model_without_its_tokenizer_are_refused(tiny_mod
         grads.score(RECORDS, load_model(str(tiny_model_dir)))
 
 
+def test_errors_name_the_apis_parameters_and_the_record_given(tmp_path, tiny_model_dir):
+    """The API's errors speak its own language: `ratio=` and `max_length=`, not --ratio and --max-length, and a
+    bad record given in memory as records[i], not a line of a temporary file."""
+    from grads.errors import GradsError
+
+    with pytest.raises(GradsError) as bad_ratio:
+        grads.select(RECORDS, str(tiny_model_dir), ratio=1.5, **SETTINGS)
+    assert str(bad_ratio.value).startswith("a ratio must be in (0, 1], got 1.5")
+    broken = [*RECORDS[:3], {"id": "x", "prompt": "Q?", "completion": 7}, *RECORDS[3:]]
+    with pytest.raises(GradsError) as bad_record:
+        grads.select(broken, str(tiny_model_dir), **SETTINGS)
+    message = str(bad_record.value)
+    assert message.startswith("records[3]: field 'completion'") and "input.jsonl" not in message
+    with pytest.raises(GradsError) as missing:
+        grads.score(str(tmp_path / "absent.jsonl"), str(tiny_model_dir))
+    text = str(missing.value)
+    assert "check the data= path" in text and "--data" not in text
+    # a file keeps its own name and line; flags that are not the API's stay as they are
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"prompt": "Q?", "completion": "A."}\nnot json\n')
+    with pytest.raises(GradsError, match=r"pool\.jsonl:2: not valid JSON"):
+        grads.select(str(pool), str(tiny_model_dir), **SETTINGS)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_selection_trains_with_trl(tmp_path, tiny_model_dir, lora):

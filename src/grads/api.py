@@ -17,8 +17,10 @@ signal, bandwidth, lora, learning_rate, epochs, ...; an unknown name is a TypeEr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from grads.config import (
     TrainConfig,
     default,
 )
+from grads.errors import GradsError
 from grads.infra import atomic
 
 # settings that several stages share: the CLI gives them one option too (--batch-size, --seed)
@@ -54,6 +57,37 @@ def _split(settings: dict[str, Any]) -> dict[type, dict[str, Any]]:
         for cfg in owners:
             by_stage[cfg][name] = value
     return by_stage
+
+
+# names the API takes besides the settings: a CLI flag in an error becomes the API's `name=`
+_ARGUMENTS = {"data", "model", "out", "ratio", "method", "tokenizer"}
+
+
+def _api_text(text: str | None) -> str | None:
+    """A message or hint with the CLI's flags named as the API's parameters (--max-length -> max_length=)."""
+    if text is None:
+        return None
+    known = {name for cfg in _STAGES for name in cfg.model_fields} | _ARGUMENTS
+
+    def rename(match: re.Match) -> str:
+        name = match[1].replace("-", "_")
+        return f"{name}=" if name in known else match[0]
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", rename, text)
+
+
+@contextmanager
+def _named_for_the_api(in_memory: Path | None):
+    """GradsErrors as the API names things: settings as `name=`, not CLI flags; data given in memory (written to
+    `in_memory` for the stages) as `records[i]`, the i-th record given, not the temporary file's path and line."""
+    try:
+        yield
+    except GradsError as err:
+        where = None
+        if in_memory is not None and err.path == str(in_memory):
+            where = "records" if err.line is None else f"records[{err.line - 1}]"
+        raise GradsError(_api_text(err.message), path=None if where else err.path, line=None if where else err.line,
+                         hint=_api_text(err.hint), where=where) from None
 
 
 def _data_file(data, folder: Path) -> Path:
@@ -99,10 +133,12 @@ def score(data, model, *, tokenizer=None, out: str | Path | None = None, progres
     try:
         stage = _split(settings)
         loaded = not isinstance(model, str | Path)
+        data_file = _data_file(data, work)
         job = ScoreJob(model=ModelConfig(model=_model_name(model, tokenizer, work, False), **stage[ModelConfig]),
-                       data=DataConfig(data=_data_file(data, work), **stage[DataConfig]),
+                       data=DataConfig(data=data_file, **stage[DataConfig]),
                        score=ScoreConfig(**stage[ScoreConfig]), out=work / "score")
-        path = run_score(job, model=model if loaded else None, tokenizer=tokenizer, progress=progress)
+        with _named_for_the_api(None if isinstance(data, str | Path) else data_file):
+            path = run_score(job, model=model if loaded else None, tokenizer=tokenizer, progress=progress)
         return pd.read_parquet(path)
     finally:
         if out is None:
@@ -145,14 +181,16 @@ def select(data, model, ratio: float | None = default(SelectConfig, "ratios")[0]
 
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-select-"))
     stage = _split(settings)
-    check_methods([method])
-    takes_ratio = rule_of(method).takes_ratio
-    select_cfg = SelectConfig(methods=(method,), ratios=(ratio,) if takes_ratio else (), **stage[SelectConfig])
-    job = SelectJob(model=ModelConfig(model=_model_name(model, tokenizer, work, True), **stage[ModelConfig]),
-                    data=DataConfig(data=_data_file(data, work / "input"), **stage[DataConfig]),
-                    score=ScoreConfig(**stage[ScoreConfig]), train=TrainConfig(**stage[TrainConfig]),
-                    select=select_cfg, out=work / "select")
-    summary = run_select(job, progress=progress, log=log or (lambda message: None))
+    data_file = _data_file(data, work / "input")
+    with _named_for_the_api(None if isinstance(data, str | Path) else data_file):
+        check_methods([method])
+        takes_ratio = rule_of(method).takes_ratio
+        select_cfg = SelectConfig(methods=(method,), ratios=(ratio,) if takes_ratio else (), **stage[SelectConfig])
+        job = SelectJob(model=ModelConfig(model=_model_name(model, tokenizer, work, True), **stage[ModelConfig]),
+                        data=DataConfig(data=data_file, **stage[DataConfig]),
+                        score=ScoreConfig(**stage[ScoreConfig]), train=TrainConfig(**stage[TrainConfig]),
+                        select=select_cfg, out=work / "select")
+        summary = run_select(job, progress=progress, log=log or (lambda message: None))
     name = output_name(method, ratio if takes_ratio else None)
     scores = pd.read_parquet(work / "select" / "scores.parquet")
     chosen = scores["id"].isin(set(summary["outputs"][name]["ids"])).to_numpy()

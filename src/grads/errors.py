@@ -20,16 +20,17 @@ class GradsError(Exception):
     """A user-fixable problem: names the file, the line (or record) and what to do."""
 
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
-                 hint: str | None = None) -> None:
+                 hint: str | None = None, where: str | None = None) -> None:
         self.message = message
         self.path = str(path) if path is not None else None
         self.line = line
         self.hint = hint
+        self.where = where  # the place in words, when it is not a file (the Python API's `records[3]`)
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = ""
-        if self.path is not None:
+        where = f"{self.where}: " if self.where is not None else ""
+        if self.where is None and self.path is not None:
             where = f"{self.path}: "
             if self.line is not None:
                 by_record = _numbers_records(Path(self.path))
