@@ -325,9 +325,6 @@ def compare_cmd(
     typer.echo(compare_command(folders, against=against, tag=tag, validation=validation), nl=False)
 
 
-PREPARERS = {"medmcqa": "prepare_medmcqa", "gsm8k": "prepare_gsm8k"}
-
-
 @data_app.command("prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="bundled data set: medmcqa or gsm8k")],
@@ -344,9 +341,9 @@ def data_prepare(
     """
     from grads.data import bundled
 
-    if name not in PREPARERS:
-        raise GradsError(f"unknown bundled data set {name!r}", hint=f"available: {', '.join(PREPARERS)}")
-    summary = getattr(bundled, PREPARERS[name])(out)
+    if name not in bundled.PREPARERS:
+        raise GradsError(f"unknown bundled data set {name!r}", hint=f"available: {', '.join(bundled.PREPARERS)}")
+    summary = bundled.PREPARERS[name](out)
     for file, count in summary["counts"].items():
         typer.echo(f"{out / file}: {count} examples")
 

@@ -3,12 +3,15 @@ full-pool run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from grads.experiment.config import ExperimentConfig
 from grads.experiment.grid import planned_runs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_grid_has_every_method_ratio_seed_and_full_per_seed():
@@ -53,3 +56,21 @@ def test_full_steps_are_one_full_pool_run_of_the_recipe():
     assert full_pool_steps(ExperimentConfig(train={"batch_size": 8}), pool) == 150  # ceil(1199 / 8)
     assert full_pool_steps(ExperimentConfig(train={"batch_size": 8, "epochs": 2, "grad_accum": 2}), pool) == 150
     assert full_pool_steps(ExperimentConfig(train={"batch_size": 8, "max_steps": 38}), pool) == 38
+
+
+def test_a_bundled_pool_and_another_domains_files_are_prepared(tmp_path):
+    """`data: gsm8k` prepares GSM8K into DIR/data and `also_prepare: [medmcqa]` MedMCQA into DIR/data-medmcqa, so
+    the committed GSM8K grid reads its pool, its held-out solutions and MedMCQA's held-out explanations."""
+    from grads.experiment.config import load_config
+    from grads.experiment.grid import _pool_path
+
+    cfg = load_config(ROOT / "results" / "claim-gsm8k" / "config.yaml")
+    pool = _pool_path(cfg, tmp_path)
+    assert pool == tmp_path / "data" / "pool.jsonl"
+    assert sum(1 for _ in pool.open()) == cfg.pool_limit == 1005  # the whole pool
+    job = cfg.eval_job("m", tmp_path / "eval.json", tmp_path)
+    assert [p.name for p in job.heldout] == ["heldout.jsonl", "heldout_explanations.jsonl"]
+    assert all(p.exists() for p in job.heldout)
+    assert cfg.eval.general_heldout_names() == ("heldout_explanations",)
+    held_out = {json.loads(line)["id"] for line in job.heldout[0].open()}
+    assert len(held_out) == 314 and not held_out & {json.loads(line)["id"] for line in pool.open()}

@@ -171,3 +171,8 @@ def prepare_gsm8k(out_dir: str | Path, heldout_percent: int = 25) -> dict:
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# the bundled data sets by name (`grads data prepare NAME`, an experiment's `data: NAME`)
+PREPARERS = {"medmcqa": prepare_medmcqa, "gsm8k": prepare_gsm8k}
+BUNDLED = tuple(PREPARERS)

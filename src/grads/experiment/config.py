@@ -26,6 +26,7 @@ from grads.config import (
     like,
 )
 from grads.core.signals import DensitySpec
+from grads.data.bundled import BUNDLED
 from grads.errors import GradsError
 from grads.experiment.arms import MODIFIERS, split_arm
 
@@ -38,7 +39,10 @@ class ExperimentConfig(StageConfig):
     experiment defaults where they differ; `select_job`, `train_job` and `eval_job` build the stage jobs."""
 
     model: str = like(ModelConfig, "model", default="smollm2-135m-instruct")
-    data: str = Field("medmcqa", description="'medmcqa' (bundled: prepared into DIR/data) or a pool file")
+    data: str = Field("medmcqa", description="a bundled data set (medmcqa, gsm8k: prepared into DIR/data) or a "
+                      "pool file")
+    also_prepare: tuple[Literal[BUNDLED], ...] = added((), "0.4", description="bundled data sets prepared into "
+                                                        "DIR/data-NAME, for held-out files of other domains")
     pool_limit: int | None = like(DataConfig, "limit", default=600)
     max_length: int = like(DataConfig, "max_length", default=256)
     methods: tuple[str, ...] = like(SelectConfig, "methods", default=("random", "grads", "grads-high", "gradnorm"))

@@ -85,12 +85,17 @@ def _claim(out: Path, cfg: ExperimentConfig) -> None:
 
 
 def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
-    from grads.data import bundled
+    """The pool file: a bundled data set prepared into DIR/data (and each of `also_prepare` into DIR/data-NAME,
+    for held-out files of other domains), or the file the config names."""
+    from grads.data.bundled import PREPARERS
 
-    if cfg.data != "medmcqa":
+    for name in cfg.also_prepare:
+        if not (out / f"data-{name}" / "prepare.json").exists():
+            PREPARERS[name](out / f"data-{name}")
+    if cfg.data not in PREPARERS:
         return Path(cfg.data)
     if not (out / "data" / "prepare.json").exists():
-        bundled.prepare_medmcqa(out / "data")
+        PREPARERS[cfg.data](out / "data")
     return out / "data" / "pool.jsonl"
 
 
