@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 EXACT_MAX_N = 5000  # "auto" sums exactly up to this many points, then bins
 BANDWIDTH_RULES = ("scott", "silverman")
@@ -63,6 +62,8 @@ def kde_binned(x: np.ndarray, h: float, at: np.ndarray | None = None, points_per
     half = int(math.ceil(5 * h / step))
     offsets = np.arange(-half, half + 1) * step
     kernel = np.exp(-0.5 * (offsets / h) ** 2) / (len(x) * h * math.sqrt(2 * math.pi))
+    from scipy.signal import fftconvolve  # here, not at import: scipy.signal takes ~1 s to load
+
     density = fftconvolve(counts, kernel, mode="same")
     return np.maximum(np.interp(at, grid, density), 0.0)
 

@@ -19,10 +19,12 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # tables are pandas DataFrames; pandas itself is not needed to read them
+    import pandas as pd
 
 from grads.core.signals import DensitySpec, combined_signal, density, eligible
 from grads.errors import GradsError

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # tables are pandas DataFrames; pandas itself is not needed to read them
+    import pandas as pd
 
 from grads.core.kde import DEFAULT_BANDWIDTH, DEFAULT_KDE, gaussian_kde
 from grads.errors import GradsError
