@@ -77,14 +77,14 @@ def _api_text(text: str | None) -> str | None:
 
 
 @contextmanager
-def _named_for_the_api(in_memory: Path | None):
+def _named_for_the_api(data, data_file: Path):
     """GradsErrors as the API names things: settings as `name=`, not CLI flags; data given in memory (written to
-    `in_memory` for the stages) as `records[i]`, the i-th record given, not the temporary file's path and line."""
+    `data_file` for the stages) as `records[i]`, the i-th record given, not the temporary file's path and line."""
     try:
         yield
     except GradsError as err:
         where = None
-        if in_memory is not None and err.path == str(in_memory):
+        if not isinstance(data, str | Path) and err.path == str(data_file):
             where = "records" if err.line is None else f"records[{err.line - 1}]"
         raise GradsError(_api_text(err.message), path=None if where else err.path, line=None if where else err.line,
                          hint=_api_text(err.hint), where=where) from None
@@ -137,7 +137,7 @@ def score(data, model, *, tokenizer=None, out: str | Path | None = None, progres
         job = ScoreJob(model=ModelConfig(model=_model_name(model, tokenizer, work, False), **stage[ModelConfig]),
                        data=DataConfig(data=data_file, **stage[DataConfig]),
                        score=ScoreConfig(**stage[ScoreConfig]), out=work / "score")
-        with _named_for_the_api(None if isinstance(data, str | Path) else data_file):
+        with _named_for_the_api(data, data_file):
             path = run_score(job, model=model if loaded else None, tokenizer=tokenizer, progress=progress)
         return pd.read_parquet(path)
     finally:
@@ -182,7 +182,7 @@ def select(data, model, ratio: float | None = default(SelectConfig, "ratios")[0]
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="grads-select-"))
     stage = _split(settings)
     data_file = _data_file(data, work / "input")
-    with _named_for_the_api(None if isinstance(data, str | Path) else data_file):
+    with _named_for_the_api(data, data_file):
         check_methods([method])
         takes_ratio = rule_of(method).takes_ratio
         select_cfg = SelectConfig(methods=(method,), ratios=(ratio,) if takes_ratio else (), **stage[SelectConfig])

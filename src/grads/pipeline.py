@@ -81,9 +81,9 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
         scoring_model = job.model.model
         if sel.warmup_epochs > 0:
             warm = warmup_folder(out) / "model"
-            deleted = not (warm / DONE).exists() and _scores_need_no_model(out / "score", plan,
-                                                                          needed_columns(sel.methods))
-            if deleted or (warm / DONE).exists():
+            finished_warmup = (warm / DONE).exists()
+            deleted = not finished_warmup and _scores_need_no_model(out / "score", plan, needed_columns(sel.methods))
+            if deleted or finished_warmup:
                 timings.reused.append("warmup")
             # a warm-up deleted since its scores were made is not trained again: the scores are all that is needed
             scoring_model = str(warm) if deleted else str(run_warmup(job, plan, tokenizer, pool, progress, log))

@@ -290,7 +290,8 @@ def output_name(method: str, ratio: float | None) -> str:
 def select(table: pd.DataFrame, method: str, ratio: float | None, seed: int = 0,
            cfg: DensitySpec = DEFAULTS) -> np.ndarray:
     check_methods([method])
-    rule, target = rule_of(method), split_method(method)[1]
+    name, target = split_method(method)
+    rule = RULES[name]
     missing = [c for c in rule.columns if c not in table]
     if missing:
         raise ValueError(f"{method} needs the column(s) {', '.join(missing)} (grads select computes them when "

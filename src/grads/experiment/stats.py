@@ -147,7 +147,7 @@ def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
     """Per method and ratio: the seeds, mean ± std of every figure, the mean answer tokens trained on, each
     task's mean accuracy (bpb for likelihood-only tasks), each general task's mean forgetting (`F:<task>`,
     task_changes) and each held-out file's mean bpb."""
-    rows = []
+    rows, base_measures, general = [], general_measures(base, ev), general_names(ev)
     for (method, ratio), runs in _groups(results):
         figures = [run_figures(r, base, ev) for r in runs]
         row = {"method": method, "ratio": ratio, "seeds": sorted(r["seed"] for r in runs),
@@ -156,8 +156,8 @@ def aggregate(results: list[dict], base: dict, ev) -> list[dict]:
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std([f[name] for f in figures])
         for task in ev.all_tasks():
             row[task] = mean_std([task_value(r["tasks"][task]) for r in runs if task in r["tasks"]])[0]
-        changes = [task_changes(general_measures(r, ev), general_measures(base, ev), general_names(ev)) for r in runs]
-        for task in general_names(ev):
+        changes = [task_changes(general_measures(r, ev), base_measures, general) for r in runs]
+        for task in general:
             row[f"F:{task}"] = mean_std([c[task] for c in changes if task in c])[0]
         for name in base.get("heldout", {}):
             row[f"heldout:{name}"] = mean_std([r["heldout"][name]["bpb"] for r in runs
