@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import datasets
 import pytest
@@ -117,12 +118,16 @@ def test_a_selection_trains_with_trl(tmp_path, tiny_model_dir, lora):
     sel = grads.select(pool, str(tiny_model_dir), ratio=0.5, **SETTINGS)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with warnings.catch_warnings(record=True) as caught:  # the docs' settings, by their current names: no warning
+        warnings.simplefilter("always")
+        args = SFTConfig(output_dir=str(tmp_path / "ft"), max_steps=6, per_device_train_batch_size=4,
+                         learning_rate=1e-2, completion_only_loss=True, report_to=[], use_cpu=True,
+                         activation_checkpointing=True, save_strategy="no", max_length=64)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     adapter = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0) if lora else None
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=sel.dataset,
                          eval_dataset=sel.dataset, peft_config=adapter,
-                         args=SFTConfig(output_dir=str(tmp_path / "ft"), max_steps=6, per_device_train_batch_size=4,
-                                        learning_rate=1e-2, completion_only_loss=True, report_to=[], use_cpu=True,
-                                        save_strategy="no", max_length=64))
+                         args=args)
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     # the loss on the chosen answers as TRL trains on them (its own tokenisation and completion mask)
     loss_before = trainer.evaluate()["eval_loss"]

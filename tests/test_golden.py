@@ -86,10 +86,11 @@ def run_demo_select(pool: Path, out: Path) -> None:
 
 
 def comparable_summary(out: Path) -> dict:
-    """selection.json less this run's paths, the installed versions and the path-dependent fingerprint."""
+    """selection.json less this run's paths, the installed versions, the path-dependent fingerprint and the
+    cost (wall-clock seconds: tests/stages/test_cost.py checks it)."""
     summary = json.loads((out / "selection.json").read_text())
     summary["settings"].pop("out"), summary["settings"]["data"].pop("data"), summary["input"].pop("path")
-    summary.pop("versions"), summary.pop("score_fingerprint")
+    summary.pop("versions"), summary.pop("score_fingerprint"), summary.pop("cost", None)
     return summary
 
 

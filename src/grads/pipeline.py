@@ -105,13 +105,34 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
         add_columns(score_job.out, needed_columns(sel.methods), load, pool, job.score.batch_size,
                     tokenizer.pad_token_id, log)
     upstream = {"score_fingerprint": plan.score_fingerprint, "input": info.record(),
-                "truncation": pool.stats.truncation(), "warmup_model": scoring_model if sel.warmup_epochs else None}
+                "truncation": pool.stats.truncation(), "warmup_model": scoring_model if sel.warmup_epochs else None,
+                "cost": _cost(job, pool, timings)}
     with timings.stage("selection", digits=2):
         summary = run_selection(job, upstream)
     with timings.stage("report"):
         run_report(out)
     timings.write()
     return summary
+
+
+def _cost(job: SelectJob, pool, timings: _Timings) -> dict:
+    """selection.json's cost object, from the stages' records: the warm-up's done.json (its training time;
+    OUT/timings.json when the warm-up was deleted since) and OUT/score/timings.json (the scoring time)."""
+    from grads.stages.cost import StageWork, selection_cost, trained_tokens
+    from grads.stages.warmup import warmup_rows
+
+    out, sel = Path(job.out), job.select
+    counts = pool.n_tokens, pool.n_target_tokens
+    score_times = out / "score" / "timings.json"
+    scoring = StageWork(json.loads(score_times.read_text())["scoring_s"] if score_times.exists()
+                        else timings.before.get("scoring_s", timings.seconds["scoring_s"]), *trained_tokens(*counts))
+    warmup = None
+    if sel.warmup_epochs > 0:
+        done = warmup_folder(out) / "model" / DONE
+        seconds = json.loads(done.read_text())["seconds"] if done.exists() else timings.before.get("warmup_s", 0.0)
+        examples, tokens = trained_tokens(*counts, warmup_rows(job, len(pool)))
+        warmup = StageWork(seconds, examples, round(tokens * sel.warmup_epochs))
+    return selection_cost(warmup, scoring, scoring.tokens, sel.warmup_epochs, sel.warmup_fraction)
 
 
 def _scores_need_no_model(score_dir: Path, plan: WarmupPlan, columns: set[str]) -> bool:

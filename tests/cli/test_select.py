@@ -150,6 +150,23 @@ def test_report_shows_the_plots_and_escapes_example_text(selected):
 
 
 @pytest.mark.e2e  # the `selected` run warms up
+def test_selection_json_records_what_the_selection_cost(selected):
+    """The warm-up (one epoch on the whole pool: the full epoch itself, measured) and the scoring, with the seconds
+    each stage recorded and the tokens the score table counts, and the report says it."""
+    cost = json.loads((selected / "selection.json").read_text())["cost"]
+    frame = pq.read_table(selected / "score" / "scores.parquet").to_pandas()
+    warm = json.loads((selected / "warmup" / "model" / "done.json").read_text())
+    scoring = json.loads((selected / "score" / "timings.json").read_text())["scoring_s"]
+    assert cost["warmup_seconds"] == warm["seconds"] > 0 and cost["scoring_seconds"] == scoring > 0
+    assert cost["warmup_examples"] == cost["scoring_examples"] == warm["examples"] == 28
+    assert cost["warmup_tokens"] == cost["scoring_tokens"] == int(frame["n_tokens"].sum())
+    assert cost["ratio_estimated"] is False and cost["full_epoch_seconds"] == warm["seconds"]
+    assert cost["ratio_to_full_epoch"] == pytest.approx((warm["seconds"] + scoring) / warm["seconds"], rel=1e-3)
+    page = (selected / "report.html").read_text()
+    assert f"Selection cost {cost['ratio_to_full_epoch']:.2f}× one fine-tuning epoch" in page
+
+
+@pytest.mark.e2e  # the `selected` run warms up
 def test_a_folder_with_another_run_is_refused(selected, pool_file, capsys):
     from grads.cli import main
 

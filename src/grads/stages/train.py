@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +109,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
     """Fine-tune model_cfg.model on the examples; return the folder of the adapter (LoRA) or full model."""
     from trl import SFTTrainer
 
-    from grads.infra.models import load_model, pick_device
+    from grads.infra.models import load_model, peft_without_deprecation_noise, pick_device
 
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -129,10 +128,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target, task_type="CAUSAL_LM")
     args = _sft_args(cfg, out_dir, pick_device(model_cfg.device), model, progress)
-    with warnings.catch_warnings():
-        # PEFT's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (renamed
-        # `is_activation_checkpointing` in transformers 5): a warning about library code no user can act on
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_without_deprecation_noise():
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
     last = last_complete_checkpoint(out_dir / "checkpoints")

@@ -44,6 +44,13 @@ def warmup_folder(out: str | Path) -> Path:
     return Path(out) / "warmup"
 
 
+def warmup_rows(job: SelectJob, n: int) -> np.ndarray:
+    """The pool rows the warm-up trains on: all, or a seeded warmup_fraction of them, in pool order."""
+    sel = job.select
+    n_warm = math.ceil(sel.warmup_fraction * n)
+    return np.sort(np.random.default_rng(sel.seed).permutation(n)[:n_warm]) if n_warm < n else np.arange(n)
+
+
 def run_warmup(job: SelectJob, plan: WarmupPlan, tokenizer, pool: TokenizedPool, progress: bool = True,
                log=print) -> Path:
     """Fine-tune θ0 on the pool (or its seeded warmup_fraction) for warmup_epochs; return the θ1 model folder.
@@ -51,9 +58,7 @@ def run_warmup(job: SelectJob, plan: WarmupPlan, tokenizer, pool: TokenizedPool,
     from grads.stages.train import train_sft
 
     sel = job.select
-    n_warm = math.ceil(sel.warmup_fraction * len(pool))
-    chosen = np.sort(np.random.default_rng(sel.seed).permutation(len(pool))[:n_warm]) if n_warm < len(pool) \
-        else np.arange(len(pool))
-    log(f"warm-up: {n_warm} examples, {sel.warmup_epochs:g} epoch(s), {'LoRA' if plan.recipe.lora else 'full'}")
+    chosen = warmup_rows(job, len(pool))
+    log(f"warm-up: {len(chosen)} examples, {sel.warmup_epochs:g} epoch(s), {'LoRA' if plan.recipe.lora else 'full'}")
     return train_sft(job.model, tokenizer, pool.subset(chosen), warmup_folder(job.out), plan.recipe,
                      plan.fingerprint, progress)

@@ -1,0 +1,56 @@
+"""What a selection cost, against the training it is meant to save: the `cost` object of OUT/selection.json.
+
+    warmup_seconds, warmup_examples, warmup_tokens      the warm-up fine-tune (0 at θ0)
+    scoring_seconds, scoring_examples, scoring_tokens   the gradient-norm scoring
+    full_epoch_seconds                                  one fine-tuning epoch on the whole pool, same recipe
+    ratio_to_full_epoch                                 (warm-up + scoring) / full epoch
+    ratio_estimated                                     whether the full epoch was estimated, not measured
+
+The full epoch is measured when the warm-up is one: one epoch on the whole pool with the recipe of the final
+fine-tune (the paper's default). Otherwise it is estimated from the warm-up's seconds per token over the pool's
+tokens; at θ0 (no warm-up) nothing measured says what an epoch costs, and the ratio is null. Tokens are those
+of the examples with an answer token (the others are neither trained on nor scored), prompt and answer both.
+
+The seconds are read from the stages' own records (the warm-up's done.json, OUT/score/timings.json), so a rerun
+that reuses both writes the same object, and a folder that adopted another's warm-up and scores reports their cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StageWork:
+    seconds: float
+    examples: int
+    tokens: int
+
+
+def trained_tokens(n_tokens: np.ndarray, n_target_tokens: np.ndarray, rows: np.ndarray | None = None) -> tuple[int, int]:
+    """(examples, tokens) that a pass over `rows` (all when None) processes: those with an answer token."""
+    rows = np.arange(len(n_tokens)) if rows is None else np.asarray(rows)
+    kept = rows[n_target_tokens[rows] > 0]
+    return int(len(kept)), int(n_tokens[kept].sum())
+
+
+def selection_cost(warmup: StageWork | None, scoring: StageWork, pool_tokens: int, warmup_epochs: float,
+                   warmup_fraction: float) -> dict:
+    """The cost object; `warmup` is None at θ0, and its tokens count every epoch it ran."""
+    full_epoch, estimated = None, True
+    if warmup is not None and warmup.tokens > 0:
+        if warmup_fraction >= 1.0 and warmup_epochs == 1.0:
+            full_epoch, estimated = warmup.seconds, False
+        else:
+            full_epoch = warmup.seconds / warmup.tokens * pool_tokens
+    warmup = warmup or StageWork(0.0, 0, 0)
+    spent = warmup.seconds + scoring.seconds
+    return {
+        **{f"warmup_{k}": v for k, v in asdict(warmup).items()},
+        **{f"scoring_{k}": v for k, v in asdict(scoring).items()},
+        "full_epoch_seconds": None if full_epoch is None else round(full_epoch, 1),
+        "ratio_to_full_epoch": None if not full_epoch else round(spent / full_epoch, 4),
+        "ratio_estimated": estimated,
+    }
