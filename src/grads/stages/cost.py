@@ -29,7 +29,8 @@ class StageWork:
     tokens: int
 
 
-def trained_tokens(n_tokens: np.ndarray, n_target_tokens: np.ndarray, rows: np.ndarray | None = None) -> tuple[int, int]:
+def trained_tokens(n_tokens: np.ndarray, n_target_tokens: np.ndarray,
+                   rows: np.ndarray | None = None) -> tuple[int, int]:
     """(examples, tokens) that a pass over `rows` (all when None) processes: those with an answer token."""
     rows = np.arange(len(n_tokens)) if rows is None else np.asarray(rows)
     kept = rows[n_target_tokens[rows] > 0]

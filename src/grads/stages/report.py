@@ -1,8 +1,9 @@
 """report.html: a self-contained page (plots embedded, opens offline) with PNG copies in OUT/plots/.
 
-Shows what the selection cost against one fine-tuning epoch on the pool, the combined signal's histogram and KDE with each ratio's selected region shaded (or, when the signal has
-no spread, says that its density is flat), the embedding-vs-head scatter coloured by selection, the signal against
-answer length with its correlation, the excluded examples and why, the overlap between methods, and the most and
+Shows what the selection cost against one fine-tuning epoch on the pool, the combined signal's histogram and KDE
+with each ratio's selected region shaded (or, when the signal has no spread, says that its density is flat), the
+embedding-vs-head scatter coloured by selection, the signal against answer length with its correlation, the
+excluded examples and why, the overlap between methods, and the most and
 least representative examples (all text escaped).
 """
 
