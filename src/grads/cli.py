@@ -171,6 +171,8 @@ def select_cmd(
         SelectConfig, "warmup_epochs"),
     warmup_fraction: Annotated[float, opt(SelectConfig, "warmup_fraction", "--warmup-fraction")] = default(
         SelectConfig, "warmup_fraction"),
+    score_model: Annotated[str | None, opt(SelectConfig, "score_model", "--score-model")] = None,
+    score_max_length: Annotated[int | None, opt(SelectConfig, "score_max_length", "--score-max-length")] = None,
     lora: LoraOpt = default(TrainConfig, "lora"),
     seed: Annotated[int, opt(SelectConfig, "seed", "--seed")] = default(SelectConfig, "seed"),
     signal: Annotated[str, typer.Option("--signal", help=_signal_help())] = default(SelectConfig, "signal"),
@@ -197,7 +199,8 @@ def select_cmd(
         model=model, data=data, score=ScoreConfig(batch_size=batch_size, fsdp=fsdp),
         train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate),
         select=SelectConfig(**select, seed=seed, warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction,
-                            signal=signal, bandwidth=bandwidth),
+                            score_model=score_model, score_max_length=score_max_length, signal=signal,
+                            bandwidth=bandwidth),
         out=out))
     summary = run_select(job, progress=not quiet, log=lambda m: typer.echo(m, err=True))
     if not summary:  # a rank other than 0 under a launcher: rank 0 reports

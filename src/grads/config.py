@@ -180,6 +180,10 @@ class SelectConfig(SignalConfig):
     warmup_epochs: float = Field(DEFAULT_WARMUP_EPOCHS, ge=0, description="0 scores the base model without a "
                                  "warm-up; 1 is the paper's one-epoch warm-up")
     warmup_fraction: float = Field(1.0, gt=0, le=1, description="warm up on a seeded random fraction of the pool")
+    score_model: str | None = Field(None, description="a (smaller) model whose warm-up and scores choose the data "
+                                    "for --model, a proxy (default: --model itself)")
+    score_max_length: int | None = Field(None, gt=1, description="cut examples to this many tokens for scoring "
+                                         "only (the warm-up and the fine-tunes keep --max-length)")
 
     @field_validator("methods")
     @classmethod
@@ -214,6 +218,18 @@ class SelectJob(StageConfig):
         train = data.get("train", TrainConfig())
         train = train.model_copy(update={"seed": seed}) if isinstance(train, TrainConfig) else {**train, "seed": seed}
         return {**data, "train": train}
+
+
+    @property
+    def score_length(self) -> int | None:
+        """The length examples are cut to for scoring: --max-length, or the shorter --score-max-length."""
+        return min((n for n in (self.data.max_length, self.select.score_max_length) if n), default=None)
+
+    def scoring_side(self) -> SelectJob:
+        """This job as its warm-up and scoring see it: the score model (a proxy) in place of the model."""
+        if self.select.score_model in (None, self.model.model):
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"model": self.select.score_model})})
 
 
 class TrainJob(StageConfig):

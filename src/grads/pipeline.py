@@ -70,15 +70,18 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     from grads.stages.warmup import run_warmup
 
     out, sel = Path(job.out), job.select
-    plan = warmup_plan(job, info.sha256)
+    up = job.scoring_side()  # the model that warms up and scores: --score-model (a proxy) when one is given
+    plan = warmup_plan(up, info.sha256)
     atomic.owned_by(out / "selection.json", plan.score_fingerprint, REFUSAL, key="score_fingerprint", path=out,
                     hint="use another --out, or delete the folder")
     timings = _Timings(out)
-    tokenizer = models.load_tokenizer(job.model.model, trust_remote_code=job.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(up.model.model, trust_remote_code=up.model.trust_remote_code)
     pool = tokenized(info, tokenizer, job.data.limit, job.data.max_length)  # memory-mapped, not in RAM
+    score_pool = pool if job.score_length == job.data.max_length else \
+        tokenized(info, tokenizer, job.data.limit, job.score_length)
 
     with timings.stage("warmup"):
-        scoring_model = job.model.model
+        scoring_model = up.model.model
         if sel.warmup_epochs > 0:
             warm = warmup_folder(out) / "model"
             finished_warmup = (warm / DONE).exists()
@@ -86,11 +89,11 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
             if deleted or finished_warmup:
                 timings.reused.append("warmup")
             # a warm-up deleted since its scores were made is not trained again: the scores are all that is needed
-            scoring_model = str(warm) if deleted else str(run_warmup(job, plan, tokenizer, pool, progress, log))
-    score_job = ScoreJob(model=job.model.model_copy(update={"model": scoring_model}), data=job.data,
-                         score=job.score, out=out / "score")
-    load = functools.cache(lambda: models.load_model(scoring_model, dtype=job.model.dtype, device=job.model.device,
-                                                     trust_remote_code=job.model.trust_remote_code))
+            scoring_model = str(warm) if deleted else str(run_warmup(up, plan, tokenizer, pool, progress, log))
+    score_job = ScoreJob(model=up.model.model_copy(update={"model": scoring_model}), score=job.score,
+                         data=job.data.model_copy(update={"max_length": job.score_length}), out=out / "score")
+    load = functools.cache(lambda: models.load_model(scoring_model, dtype=up.model.dtype, device=up.model.device,
+                                                     trust_remote_code=up.model.trust_remote_code))
     with timings.stage("scoring"):
         if finished(score_job.out, plan.score_fingerprint):
             timings.reused.append("scoring")
@@ -99,14 +102,15 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
             log(f"scoring {len(pool)} examples at {'the warm-up model' if sel.warmup_epochs else 'the base model'}")
             # sharded (--fsdp): the scoring stage loads and shards its own copy; `load` stays whole for rank 0
             sharded = distributed.fsdp_requested(job.score.fsdp)
-            run_score(score_job, plan.score_fingerprint, None if sharded else load(), tokenizer, pool, progress, info)
+            run_score(score_job, plan.score_fingerprint, None if sharded else load(), tokenizer, score_pool, progress,
+                      info)
         if not distributed.is_main():  # the other ranks' part ends with their share of the scores
             return {}
-        add_columns(score_job.out, needed_columns(sel.methods), load, pool, job.score.batch_size,
+        add_columns(score_job.out, needed_columns(sel.methods), load, score_pool, job.score.batch_size,
                     tokenizer.pad_token_id, log)
     upstream = {"score_fingerprint": plan.score_fingerprint, "input": info.record(),
                 "truncation": pool.stats.truncation(), "warmup_model": scoring_model if sel.warmup_epochs else None,
-                "cost": _cost(job, pool, timings)}
+                "cost": _cost(job, pool, score_pool, timings)}
     with timings.stage("selection", digits=2):
         summary = run_selection(job, upstream)
     with timings.stage("report"):
@@ -115,9 +119,10 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     return summary
 
 
-def _cost(job: SelectJob, pool, timings: _Timings) -> dict:
+def _cost(job: SelectJob, pool, score_pool, timings: _Timings) -> dict:
     """selection.json's cost object, from the stages' records: the warm-up's done.json (its training time;
-    OUT/timings.json when the warm-up was deleted since) and OUT/score/timings.json (the scoring time)."""
+    OUT/timings.json when the warm-up was deleted since) and OUT/score/timings.json (the scoring time). A proxy's
+    warm-up says nothing of what an epoch of --model costs: then no full epoch is estimated."""
     from grads.stages.cost import StageWork, selection_cost, trained_tokens
     from grads.stages.warmup import warmup_rows
 
@@ -125,14 +130,16 @@ def _cost(job: SelectJob, pool, timings: _Timings) -> dict:
     counts = pool.n_tokens, pool.n_target_tokens
     score_times = out / "score" / "timings.json"
     scoring = StageWork(json.loads(score_times.read_text())["scoring_s"] if score_times.exists()
-                        else timings.before.get("scoring_s", timings.seconds["scoring_s"]), *trained_tokens(*counts))
+                        else timings.before.get("scoring_s", timings.seconds["scoring_s"]),
+                        *trained_tokens(score_pool.n_tokens, score_pool.n_target_tokens))
     warmup = None
     if sel.warmup_epochs > 0:
         done = warmup_folder(out) / "model" / DONE
         seconds = json.loads(done.read_text())["seconds"] if done.exists() else timings.before.get("warmup_s", 0.0)
         examples, tokens = trained_tokens(*counts, warmup_rows(job, len(pool)))
         warmup = StageWork(seconds, examples, round(tokens * sel.warmup_epochs))
-    return selection_cost(warmup, scoring, scoring.tokens, sel.warmup_epochs, sel.warmup_fraction)
+    return selection_cost(warmup, scoring, trained_tokens(*counts)[1], sel.warmup_epochs, sel.warmup_fraction,
+                          proxy=job.scoring_side() is not job)
 
 
 def _scores_need_no_model(score_dir: Path, plan: WarmupPlan, columns: set[str]) -> bool:
@@ -153,7 +160,7 @@ def adopt_upstream(source: str | Path, job: SelectJob, log=print) -> None:
     source, target = Path(source), Path(job.out)
     if (target / "score" / "score.json").exists():
         return
-    plan: WarmupPlan = warmup_plan(job, scan_pool(job.data.data, job.data.format, job.data.limit).sha256)
+    plan: WarmupPlan = warmup_plan(job.scoring_side(), scan_pool(job.data.data, job.data.format, job.data.limit).sha256)
     if not atomic.owned_by(source / "selection.json", plan.score_fingerprint,
                            "warmup_from: that experiment's warm-up or scores were made with other model, data, "
                            "warm-up or scoring settings", key="score_fingerprint", path=source.parent,

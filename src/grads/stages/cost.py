@@ -8,7 +8,8 @@
 
 The full epoch is measured when the warm-up is one: one epoch on the whole pool with the recipe of the final
 fine-tune (the paper's default). Otherwise it is estimated from the warm-up's seconds per token over the pool's
-tokens; at θ0 (no warm-up) nothing measured says what an epoch costs, and the ratio is null. Tokens are those
+tokens; at θ0 (no warm-up), or when a proxy (--score-model) warmed up, nothing measured here says what an epoch of
+the fine-tuned model costs, and the ratio is null (benchmarks/pipeline_cost.py measures it). Tokens are those
 of the examples with an answer token (the others are neither trained on nor scored), prompt and answer both.
 
 The seconds are read from the stages' own records (the warm-up's done.json, OUT/score/timings.json), so a rerun
@@ -38,10 +39,11 @@ def trained_tokens(n_tokens: np.ndarray, n_target_tokens: np.ndarray,
 
 
 def selection_cost(warmup: StageWork | None, scoring: StageWork, pool_tokens: int, warmup_epochs: float,
-                   warmup_fraction: float) -> dict:
-    """The cost object; `warmup` is None at θ0, and its tokens count every epoch it ran."""
+                   warmup_fraction: float, proxy: bool = False) -> dict:
+    """The cost object; `warmup` is None at θ0, and its tokens count every epoch it ran. `proxy`: another model
+    warmed up and scored, so its seconds do not measure the fine-tuned model's epoch."""
     full_epoch, estimated = None, True
-    if warmup is not None and warmup.tokens > 0:
+    if warmup is not None and warmup.tokens > 0 and not proxy:
         if warmup_fraction >= 1.0 and warmup_epochs == 1.0:
             full_epoch, estimated = warmup.seconds, False
         else:

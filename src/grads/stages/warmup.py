@@ -37,7 +37,9 @@ def warmup_plan(job: SelectJob, data_sha256: str) -> WarmupPlan:
                 "train": recipe.settings(runtime=False), "warmup_epochs": sel.warmup_epochs,
                 "warmup_fraction": sel.warmup_fraction, "seed": sel.seed}
     fingerprint = job.model.fingerprint(**upstream)
-    return WarmupPlan(recipe, fingerprint, job.score.fingerprint(warmup=fingerprint))
+    # scores cut shorter than the warm-up's examples say so (scores at --max-length keep their older fingerprint)
+    short = {"score_max_length": job.score_length} if job.score_length != job.data.max_length else {}
+    return WarmupPlan(recipe, fingerprint, job.score.fingerprint(warmup=fingerprint, **short))
 
 
 def warmup_folder(out: str | Path) -> Path:
