@@ -45,8 +45,14 @@ def _print_version(asked: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                 help="print the version and exit")] = False) -> None:
+                                                 help="print the version and exit")] = False,
+          offline: Annotated[bool, typer.Option("--offline", help="read hub models and datasets from the local "
+                                                "Hugging Face cache only, as HF_HUB_OFFLINE=1 does")] = False) -> None:
     """GrADS: gradient-aware data selection for supervised fine-tuning of LLMs."""
+    if offline:
+        from grads.infra.hub import go_offline
+
+        go_offline()
 
 
 def opt(config, field: str, *flags: str, extra: str = "") -> typer.models.OptionInfo:

@@ -14,7 +14,7 @@ import pytest
 from helpers import PC, write_jsonl
 
 from grads.data.formats import iter_examples, load_pool
-from grads.data.readers import file_sha256, raw_rows
+from grads.data.readers import file_sha256, hub_revision, raw_rows
 from grads.errors import GradsError
 
 # valid JSON lines that a careless splitter would break: U+2028/U+0085 inside strings, a \r\n line end
@@ -193,15 +193,22 @@ def test_a_dataset_in_the_local_hugging_face_cache_by_hub_id(tmp_path, hf_caches
     raw = load_pool("acme/raw_sft:train")
     assert raw.examples == load_pool(train).examples
     assert raw.sha256 == hashlib.sha256(train.read_bytes()).hexdigest()  # the snapshot's file, as on disk
+    assert raw.revision == hub_revision("acme/raw_sft:train") == "a" * 40  # the snapshot's commit
+    assert pool.revision is None  # a prepared folder named by no commit (the hub's are: tests/infra/test_hub.py)
 
 
 def test_a_hub_id_that_is_not_cached_is_one_clear_error(tmp_path, hf_caches, monkeypatch):
+    """Offline (the suite sets HF_HUB_OFFLINE=1), a dataset that is not in the cache stops with how to fetch it;
+    tests/infra/test_hub.py downloads from a hub server on 127.0.0.1."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GradsError) as err:
         list(iter_examples("HuggingFaceH4/no_robots"))
     assert str(err.value).startswith("HuggingFaceH4/no_robots:train: HuggingFaceH4/no_robots is not a local file "
-                                     "or folder, and not a dataset in the local Hugging Face cache")
-    assert err.value.hint.startswith("nothing is downloaded")
+                                     "or folder, and not a dataset in the local Hugging Face cache "
+                                     "(HF_HUB_OFFLINE=1: nothing is downloaded)")
+    assert err.value.hint == ("fetch it once where the hub is reachable (`hf download HuggingFaceH4/no_robots "
+                              "--repo-type dataset`), or unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE so that it "
+                              "downloads on demand")
     assert not any(hf_caches["hub"].rglob("*")) and not any(hf_caches["datasets"].rglob("*"))  # nothing fetched
     # a missing local path stays "input not found": it has a data suffix, or its folder exists
     (tmp_path / "data").mkdir()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grads.data.readers import file_sha256, read_records
+from grads.data.readers import file_sha256, hub_revision, read_records
 from grads.errors import GradsError
 
 FORMATS = ("chat", "prompt-completion", "alpaca", "sharegpt")
@@ -233,11 +233,14 @@ class PoolInfo:
     sha256: str
     n_examples: int
     id_source: str  # "field" (the file's own ids) or "content-hash"
+    revision: str | None = None  # a hub dataset's commit, whose files were read
 
     def record(self) -> dict:
-        """The `input` entry of score.json and selection.json: which file, exactly, was read."""
-        return {"path": str(self.path), "sha256": self.sha256, "format": self.format, "ids": self.id_source,
-                "n_examples": self.n_examples}
+        """The `input` entry of score.json and selection.json: which file, exactly, was read (and for a hub
+        dataset, at which commit)."""
+        record = {"path": str(self.path), "sha256": self.sha256, "format": self.format, "ids": self.id_source,
+                  "n_examples": self.n_examples}
+        return record | ({"revision": self.revision} if self.revision is not None else {})
 
 
 @dataclass
@@ -265,7 +268,7 @@ def _describe(path: Path, fmt: str | None, n_examples: int) -> PoolInfo:
     """Format, content hash and id source of a pool that iter_examples has already validated."""
     first = next(read_records(path))[1]
     return PoolInfo(path=path, format=fmt or detect_format(first), sha256=file_sha256(path), n_examples=n_examples,
-                    id_source="field" if first.get("id") is not None else "content-hash")
+                    id_source="field" if first.get("id") is not None else "content-hash", revision=hub_revision(path))
 
 
 class _IdAssigner:

