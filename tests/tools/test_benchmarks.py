@@ -85,3 +85,60 @@ def test_every_benchmark_the_gpu_script_starts_is_one_the_benchmark_accepts(tmp_
                     ("smollm2-135m", "fp32", False, "smollm2-fp32.json"),
                     ("smollm2-135m", "bf16", True, "smollm2-untied-bf16.json"),
                     ("llama-1b", "bf16", False, "llama1b-bf16.json")]
+
+
+def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeypatch, tiny_model_dir, medmcqa_dir,
+                                                              smol_tokenizer):
+    """benchmarks/pipeline_cost.py end to end on tiny models: each setting's seconds over the default's warm-up
+    (the full-pool epoch) as selection.json recorded them, Jaccard and Spearman against the default computed here
+    from the selections themselves, the proxy read against the target's own selection, and a goal verdict that
+    follows from the figures."""
+    import pyarrow.parquet as pq
+    from helpers import tiny_llama
+    from scipy.stats import spearmanr
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from pipeline_cost import main
+
+    target = tmp_path / "target"
+    tiny_llama(vocab_size=len(smol_tokenizer), tied=True, hidden=32, seed=3).save_pretrained(target)
+    smol_tokenizer.save_pretrained(target)
+    out = tmp_path / "cost"
+    report = main(["--model", str(tiny_model_dir), "--target", str(target), "--data", str(medmcqa_dir / "pool.jsonl"),
+                   "--limit", "24", "--max-length", "64", "--batch-size", "4", "--out", str(out),
+                   "--json", str(tmp_path / "cost.json"), "--settings", "theta0", "warmup-0.5+len-32", "seed-1",
+                   "proxy"])
+    assert json.loads((tmp_path / "cost.json").read_text()) == json.loads(json.dumps(report))
+
+    def selection(name):
+        return json.loads((out / name / "selection.json").read_text())
+
+    epoch = selection("default")["cost"]["warmup_seconds"]
+    assert report["full_epoch"]["seconds"] == epoch > 0
+    assert set(report["settings"]) == {"default", "theta0", "warmup-0.5+len-32", "seed-1"}
+    for name, row in report["settings"].items():
+        cost = selection(name)["cost"]
+        assert row["ratio_to_full_epoch"] == pytest.approx((cost["warmup_seconds"] + cost["scoring_seconds"]) / epoch,
+                                                           abs=1e-4)
+    assert report["settings"]["theta0"]["warmup_seconds"] == 0
+    cheaper = selection("warmup-0.5+len-32")
+    assert cheaper["settings"]["select"]["score_max_length"] == 32 and cheaper["cost"]["warmup_examples"] == 12
+
+    def ids(name, ratio, folder=out):
+        return set(json.loads((folder / name / "selection.json").read_text())["outputs"][f"grads-{ratio}.jsonl"]["ids"])
+
+    for ratio in ("0.05", "0.5"):
+        a, b = ids("default", ratio), ids("seed-1", ratio)
+        assert report["noise"]["seed-1"][f"jaccard_{ratio}"] == pytest.approx(len(a & b) / len(a | b), abs=1e-4)
+        a, b = ids("default", ratio), ids("target-default", ratio)
+        assert report["proxy"]["as_proxy"]["default"][f"jaccard_{ratio}"] == pytest.approx(len(a & b) / len(a | b),
+                                                                                           abs=1e-4)
+    x, y = (pq.read_table(out / n / "scores.parquet").to_pandas().set_index("id") for n in ("default", "theta0"))
+    rho = spearmanr(x["combined"], y.loc[x.index, "combined"])[0]
+    assert report["settings"]["theta0"]["spearman"] == pytest.approx(rho, abs=1e-4)
+    assert report["noise_mean"] == report["noise"]["seed-1"]
+    verdict = report["goal"]
+    within = [n for n, r in report["settings"].items() if n not in ("default", "seed-1")
+              and all(r[k] >= report["noise_mean"][k] for k in report["noise_mean"])]
+    assert verdict["within_noise"] == within
+    assert verdict["reached"] == any(report["settings"][n]["ratio_to_full_epoch"] <= 0.25 for n in within)
