@@ -8,7 +8,7 @@ recorded, so a killed run loses only the setting it was in):
   warmup-F         the warm-up on a seeded fraction F of the pool
   theta0           no warm-up: scoring at the base model
   len-L            scoring on examples cut to L tokens (the warm-up and the fine-tunes keep --max-length)
-  warmup-F+len-L   both
+  A+B              both (e.g. warmup-0.05+len-128, theta0+len-128)
   seed-N           the default with warm-up seed N: the faithful method's own noise
   proxy            needs --target: the target's own default selection, against which --model's selections are
                    read as a proxy's (their seconds over the target's epoch; their agreement with its selection)
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,7 @@ from scipy.stats import spearmanr
 
 RATIOS = (0.05, 0.5)
 DEFAULT_SETTINGS = ("default", "warmup-0.05", "warmup-0.1", "warmup-0.25", "warmup-0.5", "theta0", "len-128",
-                    "warmup-0.05+len-128", "seed-1")
-SETTING = re.compile(r"(?:warmup-(?P<fraction>[0-9.]+))?\+?(?:len-(?P<length>\d+))?")
+                    "warmup-0.05+len-128", "theta0+len-128", "seed-1")
 GOAL = 0.25  # the issue's target: a selection at or under a quarter of a full-pool epoch
 
 
@@ -70,19 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_setting(name: str) -> dict:
-    """The select settings a setting name stands for."""
+    """The select settings a setting name stands for: `default`, `proxy`, or parts joined by `+`."""
     if name in ("default", "proxy"):
         return {}
-    if name == "theta0":
-        return {"warmup_epochs": 0.0}
-    if name.startswith("seed-"):
-        return {"seed": int(name.removeprefix("seed-"))}
-    match = SETTING.fullmatch(name)
-    if not name or match is None or not (match["fraction"] or match["length"]):
-        raise SystemExit(f"unknown setting {name!r}: use default, warmup-F, theta0, len-L, warmup-F+len-L, seed-N, "
-                         "proxy")
-    return {**({"warmup_fraction": float(match["fraction"])} if match["fraction"] else {}),
-            **({"score_max_length": int(match["length"])} if match["length"] else {})}
+    parts = {"warmup": ("warmup_fraction", float), "len": ("score_max_length", int), "seed": ("seed", int)}
+    select = {}
+    for part in name.split("+"):
+        key, _, value = part.rpartition("-")
+        try:
+            field, kind = parts[key] if part != "theta0" else ("warmup_epochs", float)
+            select[field] = kind(value) if part != "theta0" else 0.0
+        except (KeyError, ValueError):
+            raise SystemExit(f"unknown setting {name!r}: use default, proxy, or parts joined by +: warmup-F, "
+                             "theta0, len-L, seed-N") from None
+    return select
 
 
 def random_model_folder(name: str, tokenizer: Path | None, out: Path) -> str:
@@ -110,9 +109,21 @@ def select_job(args, model: str, pool: Path, folder: Path, **select):
                      select=SelectConfig(methods=("grads",), ratios=RATIOS, **select), out=folder)
 
 
-def run_setting(args, model: str, pool: Path, folder: Path, select: dict) -> Path:
+def warmup_key(select: dict) -> tuple:
+    """What decides a setting's warm-up (settings that share it train it once)."""
+    return (select.get("warmup_epochs", 1.0), select.get("warmup_fraction", 1.0), select.get("seed", 0))
+
+
+def run_setting(args, model: str, pool: Path, folder: Path, select: dict, donor: Path | None = None) -> Path:
+    """The setting's selection folder, made once; `donor`: a finished folder of the same model whose warm-up this
+    setting shares (copied, so it is trained once; its recorded seconds count for both)."""
+    import shutil
+
     from grads.pipeline import run_select
 
+    warm = Path("warmup") / "model"
+    if donor is not None and (donor / warm / "done.json").exists() and not (folder / warm).exists():
+        shutil.copytree(donor / warm, folder / warm)
     if not (folder / "selection.json").exists():
         started = time.perf_counter()
         run_select(select_job(args, model, pool, folder, **select), progress=False,
@@ -179,8 +190,11 @@ def main(argv=None) -> dict:
         else args.model
     load_before = os.getloadavg()
     plans = {name: parse_setting(name) for name in dict.fromkeys(["default", *args.settings])}
-    folders = {name: run_setting(args, model, pool, args.out / name, select)
-               for name, select in plans.items() if name != "proxy"}
+    folders, donors = {}, {}
+    for name, select in plans.items():
+        if name != "proxy":
+            folders[name] = run_setting(args, model, pool, args.out / name, select, donors.get(warmup_key(select)))
+            donors.setdefault(warmup_key(select), folders[name])
     epoch = full_epoch_seconds(args, model, pool, folders["default"])
     default = json.loads((folders["default"] / "selection.json").read_text())
     rows = {}

@@ -106,8 +106,8 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
     out = tmp_path / "cost"
     report = main(["--model", str(tiny_model_dir), "--target", str(target), "--data", str(medmcqa_dir / "pool.jsonl"),
                    "--limit", "24", "--max-length", "64", "--batch-size", "4", "--out", str(out),
-                   "--json", str(tmp_path / "cost.json"), "--settings", "theta0", "warmup-0.5+len-32", "seed-1",
-                   "proxy"])
+                   "--json", str(tmp_path / "cost.json"), "--settings", "theta0", "warmup-0.5+len-32", "len-32",
+                   "seed-1", "proxy"])
     assert json.loads((tmp_path / "cost.json").read_text()) == json.loads(json.dumps(report))
 
     def selection(name):
@@ -115,7 +115,11 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
 
     epoch = selection("default")["cost"]["warmup_seconds"]
     assert report["full_epoch"]["seconds"] == epoch > 0
-    assert set(report["settings"]) == {"default", "theta0", "warmup-0.5+len-32", "seed-1"}
+    assert set(report["settings"]) == {"default", "theta0", "warmup-0.5+len-32", "len-32", "seed-1"}
+    # len-32 shares the default's warm-up: trained once, its seconds count for both
+    assert selection("len-32")["cost"]["warmup_seconds"] == epoch
+    assert json.loads((out / "len-32" / "warmup" / "model" / "done.json").read_text())["fingerprint"] == \
+        json.loads((out / "default" / "warmup" / "model" / "done.json").read_text())["fingerprint"]
     for name, row in report["settings"].items():
         cost = selection(name)["cost"]
         assert row["ratio_to_full_epoch"] == pytest.approx((cost["warmup_seconds"] + cost["scoring_seconds"]) / epoch,
