@@ -179,3 +179,45 @@ def test_a_confident_model_keeps_its_small_head_norms_exact(head_rule):
     assert got["loss"][0].item() == pytest.approx(want["loss"], abs=1e-6)  # fp32 logits: no more is possible
     for key in ["embedding", "head"]:  # the difference form p − onehot was 18–30% off here
         assert got[key][0].item() == pytest.approx(want[key], rel=1e-2), key  # fp32 logits of ~10^3: ~4e-3
+
+
+def tiny_gemma3(tied: bool, softcap: float | None = None, seed: int = 0):
+    """Gemma 3's text model (gemma3-270m's architecture): the embedding module itself scales its output by
+    √hidden (Gemma3TextScaledWordEmbedding), sliding-window layers between full-attention ones (a window shorter
+    than the examples), pad token 0 as the embedding's padding_idx."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8,
+                              sliding_window=4, max_position_embeddings=256,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              final_logit_softcapping=softcap, pad_token_id=0, tie_word_embeddings=tied)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # Gemma's RMSNorm weights start at 0 (scale 1 + w): make them matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize(("tied", "softcap"), [(True, None), (False, None), (True, 3.0)],
+                         ids=["tied", "untied", "tied-softcap"])
+def test_gemma3_scaled_embedding_matches_brute_force(tied, softcap, padding_side):
+    """∂L/∂E is the embedding's scale times the gradient at its (scaled) output, scattered by token id."""
+    model = tiny_gemma3(tied, softcap)
+    emb = model.get_input_embeddings()
+    assert type(emb).__name__ == "Gemma3TextScaledWordEmbedding" and float(emb.embed_scale) == pytest.approx(32 ** 0.5)
+    assert (model.get_output_embeddings().weight is emb.weight) == tied
+    assert_matches(model, EXAMPLES, padding_side, tied_total=tied)
+
+
+def test_gemma3_in_fp64_matches_brute_force_closely():
+    model = tiny_gemma3(tied=True).double()
+    batch = make_batch(EXAMPLES, "left")
+    got = per_example_grad_norms(model, batch, tied_total=True)
+    for i, (ids, labels) in enumerate(EXAMPLES):
+        want = brute_force(model, ids, labels)
+        for key in ["loss", "embedding", "head", "tied_total"]:
+            assert got[key][i].item() == pytest.approx(want[key], rel=1e-5), (key, i)  # the head pass is fp32
