@@ -56,6 +56,37 @@ def test_without_chat_template_prompt_and_completion_are_concatenated(tmp_path, 
     assert target_text(plain, tok) == "Paris." + plain.eos_token
 
 
+def word_tokenizer(post_processor=None):
+    """A word-level tokenizer without a chat template; `post_processor` adds special tokens as BOS or EOS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<bos>", "<eos>", "Capital", "of", "France?", "Paris.", "a"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if post_processor:
+        raw.post_processor = post_processor
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>")
+
+
+def test_a_base_tokenizer_s_bos_leads_every_example_and_is_no_target(tmp_path):
+    """Without a chat template, the tokens the tokenizer puts before a text (BOS) lead the example, masked; a
+    tokenizer that adds nothing, or adds only after the text (EOS), gets nothing before it."""
+    from tokenizers.processors import TemplateProcessing
+
+    example = load_pool(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Capital of France?",
+                                                             "completion": " Paris."}])).examples[0]
+    bos = word_tokenizer(TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)]))
+    tok = tokenize_example(bos, example)
+    assert tok.input_ids == [0, 2, 3, 4, 5, 1] and tok.labels[:4] == [IGNORE_INDEX] * 4
+    assert tok.labels[4:] == [5, 1]
+    cut = tokenize_example(bos, example, max_length=4)  # the prompt is cut after the BOS, not before it
+    assert cut.input_ids == [0, 4, 5, 1] and cut.truncated_prompt_tokens == 2
+    for other in (word_tokenizer(), word_tokenizer(TemplateProcessing(single="$A <eos>",
+                                                                       special_tokens=[("<eos>", 1)]))):
+        assert tokenize_example(other, example).input_ids == [2, 3, 4, 5, 1]
+
+
 def test_real_medmcqa_example_with_bundled_smollm2_template(medmcqa_dir, smol_tokenizer):
     pool = load_pool(medmcqa_dir / "pool.jsonl", limit=3)
     record = json.loads((medmcqa_dir / "pool.jsonl").read_text().splitlines()[0])

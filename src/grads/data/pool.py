@@ -27,7 +27,7 @@ from grads.data.formats import PoolInfo, iter_examples
 from grads.data.tokenize import TokenizedExample, TokenizeStats, tokenize_example
 from grads.infra import atomic, distributed
 
-CACHE_VERSION = 1  # bump when tokenisation changes what it produces
+CACHE_VERSION = 2  # bump when tokenisation changes what it produces (2: a template-less tokenizer's BOS)
 BLOCK = 1000  # examples per Arrow record batch while writing
 
 SCHEMA = pa.schema([
