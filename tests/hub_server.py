@@ -189,23 +189,17 @@ class _Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------------------------------------- answers
 
     def _json(self, payload, repo: Repo | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if repo is not None:
-            self.send_header("X-Repo-Commit", repo.sha)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self._send(200, json.dumps(payload).encode(), {}, repo)
 
     def _error(self, status: int, code: str, message: str, repo: Repo | None = None) -> None:
-        body = json.dumps({"error": message}).encode()
+        self._send(status, json.dumps({"error": message}).encode(),
+                   {"X-Error-Code": code, "X-Error-Message": message}, repo)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], repo: Repo | None) -> None:
+        """A JSON answer as the hub sends one: its headers, the repo's commit when there is one, no body to HEAD."""
         self.send_response(status)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
         if repo is not None:
             self.send_header("X-Repo-Commit", repo.sha)
         self.end_headers()
