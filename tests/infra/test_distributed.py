@@ -112,6 +112,23 @@ def test_fsdp_needs_a_launched_job(tmp_path, tiny_model_dir, medmcqa_dir):
 
 
 @pytest.mark.e2e
+def test_fsdp_under_torchrun_on_one_process_shards_over_a_group_of_one(tmp_path, tiny_model_dir, medmcqa_dir,
+                                                                       one_process):
+    """torchrun --nproc_per_node 1 --fsdp: a process group of one (gloo here, NCCL on a GPU: tests/gpu)."""
+    import json
+
+    out = tmp_path / "one-rank"
+    one_rank = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
+                "grads.cli"]
+    run = subprocess.run([*one_rank, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(out)],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
+    meta = json.loads((out / "score.json").read_text())
+    assert meta["fsdp"] and meta["world_size"] == 1 and meta["parameter_bytes_rank0"] == meta["parameter_bytes"]
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [[], ["--fsdp"]], ids=["data-parallel", "fsdp"])
 def test_two_nodes_on_one_machine_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
                                                                  one_process, mode):

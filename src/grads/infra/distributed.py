@@ -22,9 +22,16 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> None:
-    """Join the launcher's process group once (idempotent); pin this rank to its GPU."""
-    if not launched() or dist.is_initialized():
+def by_a_launcher() -> bool:
+    """A launcher started this process, even as a world of one (torchrun --nproc_per_node 1 exports its rendezvous
+    too)."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def init(group_of_one: bool = False) -> None:
+    """Join the launcher's process group once (idempotent); pin this rank to its GPU. A world of one joins no group
+    (nothing to share) unless group_of_one: --fsdp shards over a group of one as over W ranks."""
+    if dist.is_initialized() or not (launched() or group_of_one and by_a_launcher()):
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -84,6 +91,7 @@ def shard_model(model):
 
     from grads.errors import GradsError
 
+    init(group_of_one=True)  # under torchrun --nproc_per_node 1: a group of one, so --fsdp runs as on W ranks
     if not dist.is_initialized():
         raise GradsError("--fsdp shards the model across the ranks of a launched job; this is one process",
                          hint="start it with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp")
