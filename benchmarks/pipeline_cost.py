@@ -125,11 +125,23 @@ def run_setting(args, model: str, pool: Path, folder: Path, select: dict, donor:
     if donor is not None and (donor / warm / "done.json").exists() and not (folder / warm).exists():
         shutil.copytree(donor / warm, folder / warm)
     if not (folder / "selection.json").exists():
-        started = time.perf_counter()
+        from grads.infra import atomic
+
+        started, load_before = time.time(), os.getloadavg()
         run_select(select_job(args, model, pool, folder, **select), progress=False,
                    log=lambda m: print(f"  {folder.name}: {m}", file=sys.stderr))
-        print(f"  {folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        # when and beside what it ran: a resumed benchmark's settings may come from different sittings
+        atomic.write_json(folder / "bench.json", {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds":
+            round(time.time() - started, 1), "load_average": {"before": load_before, "after": os.getloadavg()}})
+        print(f"  {folder.name}: {time.time() - started:.0f} s", file=sys.stderr)
     return folder
+
+
+def sitting(folder: Path) -> dict:
+    """When the setting ran and the machine's load average around it (bench.json; absent for a donor's copy)."""
+    path = folder / "bench.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def agreement(a: Path, b: Path) -> dict:
@@ -203,7 +215,7 @@ def main(argv=None) -> dict:
         seconds = cost["warmup_seconds"] + cost["scoring_seconds"]
         rows[name] = {"settings": plans[name], "warmup_seconds": cost["warmup_seconds"],
                       "scoring_seconds": cost["scoring_seconds"], "seconds": round(seconds, 1),
-                      "ratio_to_full_epoch": round(seconds / epoch["seconds"], 4),
+                      "ratio_to_full_epoch": round(seconds / epoch["seconds"], 4), "sitting": sitting(folder),
                       **(agreement(folders["default"], folder) if name != "default" else {})}
     noise_folders = {name: folders[name] for name in folders if name.startswith("seed-")}
     noise_folders |= {str(f): f for f in args.noise_from}
@@ -219,7 +231,7 @@ def main(argv=None) -> dict:
     }
     if "proxy" in plans:
         report["proxy"] = proxy_report(args, pool, folders)
-    report["goal"] = goal(rows, bar)
+    report["goal"] = goal(rows, noise, bar, report["chance_jaccard"])
     print_report(report)
     if args.json:
         from grads.infra import atomic
@@ -244,13 +256,21 @@ def proxy_report(args, pool: Path, folders: dict[str, Path]) -> dict:
                                 **agreement(target, f)} for name, f in folders.items()}}
 
 
-def goal(rows: dict, bar: dict) -> dict:
+def goal(rows: dict, noise: dict, bar: dict, chance: dict) -> dict:
     """The cheapest setting at or under GOAL × a full epoch whose agreement with the default is within the
-    method's own noise (each figure at least the mean agreement of two faithful selections)."""
+    method's own noise (each figure at least the mean agreement of two faithful selections). The criterion is
+    read only where it can tell settings apart: every faithful pair's Jaccard above what two random subsets of
+    the same sizes share (else any selection, random data included, would be "within the noise")."""
     if not bar:
         return {"reached": None, "why": "no noise reference (run a seed-N setting or pass --noise-from)"}
     within = [name for name, row in rows.items() if name != "default" and not name.startswith("seed-")
               and all(row[k] >= bar[k] for k in bar)]
+    at_chance = sorted({ratio for pair in noise.values() for ratio, j in chance.items()
+                        if pair[f"jaccard_{ratio}"] <= j})
+    if at_chance:
+        return {"reached": None, "within_noise": within, "goal_ratio": GOAL,
+                "why": f"two faithful selections (other warm-up seeds) share no more than chance at ratio(s) "
+                       f"{', '.join(at_chance)}: agreement within that noise says nothing"}
     cheap = sorted((rows[n]["ratio_to_full_epoch"], n) for n in within if rows[n]["ratio_to_full_epoch"] <= GOAL)
     return {"reached": bool(cheap), "setting": cheap[0][1] if cheap else None, "within_noise": within,
             "goal_ratio": GOAL}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,12 +59,18 @@ def test_score_killed_halfway_resumes_to_the_same_file(tmp_path, tiny_model_dir,
 
 
 def comparable(folder: Path) -> dict[str, bytes]:
-    """Every output a reader uses; timings.json (wall-clock seconds, of the run and of its scoring stage) and the
-    warm-up's done.json (which records where it resumed from and the losses logged by this process) legitimately
-    differ."""
+    """Every output a reader uses; timings.json (wall-clock seconds, of the run and of its scoring stage), the
+    warm-up's done.json (which records where it resumed from and the losses logged by this process) and what the
+    selection cost (selection.json's cost object and the report's Cost section: seconds) legitimately differ."""
     files = visible_files(folder)
     for name in ("timings.json", "score/timings.json", "warmup/model/done.json"):
         files.pop(name, None)
+    if "selection.json" in files:
+        summary = json.loads(files["selection.json"])
+        summary.pop("cost")
+        files["selection.json"] = json.dumps(summary, sort_keys=True).encode()
+    if "report.html" in files:
+        files["report.html"] = re.sub(rb"<h2>Cost</h2>.*?(?=<h2>)", b"", files["report.html"], flags=re.S)
     return files
 
 
@@ -92,10 +99,16 @@ def test_sigkill_during_warm_up_resumes_from_the_last_checkpoint(fresh):
     assert err.value.path == str(checkpoints)
     assert visible_files(checkpoints) == before
 
+    # each checkpoint records the training seconds up to it; the resumed run's done.json adds its own sitting
+    from grads.stages.train import SECONDS, last_complete_checkpoint
+
+    step = Path(last_complete_checkpoint(checkpoints)).name.removeprefix("checkpoint-")
+    earlier = json.loads((checkpoints / SECONDS).read_text())[step]
     run_select_process(fresh.job_file)
     done = json.loads((fresh.run / "warmup" / "model" / "done.json").read_text())
     resumed = int(Path(done["resumed_from"]).name.removeprefix("checkpoint-"))
     assert 4 <= resumed < 12 and done["steps"] == 12 and done["examples"] == 24
+    assert earlier > 0 and done["seconds"] == pytest.approx(earlier + done["seconds_this_sitting"], abs=0.11)
     assert not checkpoints.exists() and temp_files(fresh.run) == []
     assert comparable(fresh.run) == comparable(fresh.clean)  # the LoRA weights, scores, selections, report
 

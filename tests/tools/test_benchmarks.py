@@ -145,4 +145,11 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
     within = [n for n, r in report["settings"].items() if n not in ("default", "seed-1")
               and all(r[k] >= report["noise_mean"][k] for k in report["noise_mean"])]
     assert verdict["within_noise"] == within
-    assert verdict["reached"] == any(report["settings"][n]["ratio_to_full_epoch"] <= 0.25 for n in within)
+    chance = {r: (k * k / n) / (2 * k - k * k / n) for r, k, n in [
+        (r, selection("default")["outputs"][f"grads-{r}.jsonl"]["n_selected"], selection("default")["n_eligible"])
+        for r in ("0.05", "0.5")]}
+    assert report["chance_jaccard"] == pytest.approx(chance, abs=1e-4)
+    if any(report["noise"]["seed-1"][f"jaccard_{r}"] <= chance[r] for r in chance):
+        assert verdict["reached"] is None and "chance" in verdict["why"]  # the noise says nothing
+    else:
+        assert verdict["reached"] == any(report["settings"][n]["ratio_to_full_epoch"] <= 0.25 for n in within)

@@ -47,6 +47,30 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")))) if complete else None
 
 
+SECONDS = "seconds-by-step.json"  # in OUT/checkpoints: training seconds up to each step, over every sitting
+
+
+def _seconds_callback(folder: Path, by_step: dict[str, float], earlier: float, started: float):
+    """Records after each optimizer step the training seconds up to it (earlier sittings' and this one's; a
+    step ends before its checkpoint is saved), so a run resumed from checkpoint-N counts all of its time."""
+    from transformers import TrainerCallback
+
+    class Seconds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            by_step[str(state.global_step)] = round(earlier + time.perf_counter() - started, 1)
+            if distributed.is_main():
+                atomic.write_json(folder / SECONDS, by_step)
+
+    return Seconds()
+
+
+def _seconds_so_far(checkpoints: Path, last: str | None) -> tuple[dict[str, float], float]:
+    """The seconds recorded by step, and those up to the checkpoint a run resumes from (0 for a fresh run)."""
+    path = checkpoints / SECONDS
+    by_step = json.loads(path.read_text()) if last and path.exists() else {}
+    return by_step, by_step.get(Path(last).name.removeprefix("checkpoint-"), 0.0) if last else 0.0
+
+
 def _sort_target_modules(config_file: Path) -> None:
     """PEFT writes target_modules from a set, in an order that changes with each process's string hashing; sort it
     so the same run always saves the same adapter_config.json (PEFT reads the list back as a set)."""
@@ -132,6 +156,8 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
     last = last_complete_checkpoint(out_dir / "checkpoints")
+    by_step, earlier = _seconds_so_far(out_dir / "checkpoints", last)
+    trainer.add_callback(_seconds_callback(out_dir / "checkpoints", by_step, earlier, started))
     if distributed.is_main():
         atomic.write_json(out_dir / "checkpoints" / OWNER, {"fingerprint": fingerprint})
     result = trainer.train(resume_from_checkpoint=last)
@@ -143,7 +169,8 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
         return final
     record = {"fingerprint": fingerprint, "train_loss": result.training_loss,
               "loss_history": [e["loss"] for e in trainer.state.log_history if "loss" in e],
-              "steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 1),  # this sitting
+              "steps": trainer.state.global_step, "seconds": round(earlier + time.perf_counter() - started, 1),
+              "seconds_this_sitting": round(time.perf_counter() - started, 1),
               "examples": len(dataset), "resumed_from": last, "config": cfg.settings(),
               "base_model": model_cfg.model}
     with atomic.atomic_folder(final) as tmp:
