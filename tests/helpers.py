@@ -66,6 +66,21 @@ def untied_copy(model):
     return clone
 
 
+def make_batch(examples: list[tuple[list[int], list[int]]], padding_side: str, device="cpu", pad_id: int = 0):
+    """input_ids, attention_mask, labels for (ids, labels) examples of unequal length, padded on one side."""
+    from grads.core.gradnorms import IGNORE_INDEX
+
+    width = max(len(ids) for ids, _ in examples)
+    rows = []
+    for ids, labels in examples:
+        pad = width - len(ids)
+        fill = ([pad_id] * pad, [0] * pad, [IGNORE_INDEX] * pad)
+        real = (ids, [1] * len(ids), labels)
+        rows.append([f + r if padding_side == "left" else r + f for f, r in zip(fill, real)])
+    return {key: torch.tensor([row[i] for row in rows], device=device)
+            for i, key in enumerate(["input_ids", "attention_mask", "labels"])}
+
+
 def brute_force(model, ids: list[int], labels: list[int]) -> dict[str, float]:
     """One example, no padding: mean CE over its targets, backward, dense gradients of E and W."""
     from grads.core.gradnorms import IGNORE_INDEX

@@ -6,23 +6,11 @@ import copy
 
 import pytest
 import torch
-from helpers import brute_force, tiny_gpt2, tiny_llama, tiny_qwen2, untied_copy
+from helpers import brute_force, make_batch, tiny_gpt2, tiny_llama, tiny_qwen2, untied_copy
 
 from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms
 
 RTOL = 1e-4
-
-
-def make_batch(examples: list[tuple[list[int], list[int]]], padding_side: str, pad_id: int = 0):
-    width = max(len(ids) for ids, _ in examples)
-    rows = []
-    for ids, labels in examples:
-        pad = width - len(ids)
-        fill = ([pad_id] * pad, [0] * pad, [IGNORE_INDEX] * pad)
-        real = (ids, [1] * len(ids), labels)
-        rows.append([f + r if padding_side == "left" else r + f for f, r in zip(fill, real)])
-    return {key: torch.tensor([row[i] for row in rows]) for i, key in
-            enumerate(["input_ids", "attention_mask", "labels"])}
 
 
 def example(seed: int, n_prompt: int, n_answer: int, vocab: int = 97, repeat: bool = False):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ROOT, tiny_gpt2, tiny_llama, tiny_qwen2, untied_copy
+from helpers import ROOT, make_batch, tiny_gpt2, tiny_llama, tiny_qwen2, untied_copy
 
 from grads.core.gradnorms import IGNORE_INDEX, per_example_grad_norms
 
@@ -22,19 +22,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # shape; fp32 was within 2e-7).
 RTOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def make_batch(examples, padding_side: str, device, pad_id: int = 0):
-    """input_ids, attention_mask, labels for examples of unequal length (as tests/core/test_gradnorms.py pads)."""
-    width = max(len(ids) for ids, _ in examples)
-    rows = []
-    for ids, labels in examples:
-        pad = width - len(ids)
-        fill = ([pad_id] * pad, [0] * pad, [IGNORE_INDEX] * pad)
-        real = (ids, [1] * len(ids), labels)
-        rows.append([f + r if padding_side == "left" else r + f for f, r in zip(fill, real)])
-    return {key: torch.tensor([row[i] for row in rows], device=device)
-            for i, key in enumerate(["input_ids", "attention_mask", "labels"])}
 
 
 def example(seed: int, n_prompt: int, n_answer: int, vocab: int, repeat: bool = False):
