@@ -55,10 +55,27 @@ COMPARISONS = [
      LEARNING),
     ("own warm-up per seed: the examples", ("grads@own-warmup", 0.5), ("random-matched@own-warmup", 0.5), LEARNING),
     ("own warm-up per seed: 1. 5% beats the whole pool", ("grads@own-warmup", 0.05), ("full", None), LEARNING),
+    ("own warm-up per seed: 2. 50% better still", ("grads@own-warmup", 0.5), ("full", None), LEARNING),
+    ("own warm-up per seed: 3. less forgetting than the whole pool", ("grads@own-warmup", 0.05), ("full", None),
+     FORGETTING),
+    ("own warm-up per seed: 3. less forgetting than the whole pool", ("grads@own-warmup", 0.5), ("full", None),
+     FORGETTING),
+    ("own warm-up per seed: 3. less forgetting than matched random", ("grads@own-warmup", 0.05),
+     ("random-matched@own-warmup", 0.05), FORGETTING),
+    ("own warm-up per seed: 3. less forgetting than matched random", ("grads@own-warmup", 0.5),
+     ("random-matched@own-warmup", 0.5), FORGETTING),
     ("the examples at equal compute", ("grads@full-steps", 0.05), ("random-matched@full-steps", 0.05), LEARNING),
-    ("length", ("length", 0.5), ("random-matched:length", 0.5), LEARNING),
-    ("ifd", ("ifd", 0.5), ("random-matched:ifd", 0.5), LEARNING),
+    ("3. less forgetting at equal compute", ("grads@full-steps", 0.05), ("random-matched@full-steps", 0.05),
+     FORGETTING),
+    ("length", ("length", 0.5), ("random-matched:length", 0.5), LEARNING + FORGETTING),
+    ("length against the whole pool", ("length", 0.5), ("full", None), LEARNING + FORGETTING),
+    ("ifd", ("ifd", 0.5), ("random-matched:ifd", 0.5), LEARNING + FORGETTING),
+    ("ifd against the whole pool", ("ifd", 0.5), ("full", None), LEARNING + FORGETTING),
 ]
+# The verdict table (--verdict): each rule against its matched random data and against the whole pool, on the
+# primary figures (held-out likelihood gained, general likelihood lost); its Holm verdicts are the full table's.
+PRIMARY = ("G_bpb", "F_bpb")
+VERDICT_REFERENCES = ("random-matched", "full")
 ALPHA = 0.05
 
 
@@ -94,32 +111,65 @@ def holm_verdict(rejected: bool, mean: float, sign: int) -> str:
     return "supports" if sign * mean > 0 else "contradicts"
 
 
-def rows(out: Path) -> list[str]:
-    """The claims table. Holm's correction (α = 0.05, family-wise) runs over every row that tests a claim or the
-    selection (the `control:` rows describe random data and are left out of the family)."""
+def entries(out: Path) -> list[dict]:
+    """Every comparison the folder's runs allow, each figure with its paired row, p-value and Holm verdict. Holm's
+    correction (α = 0.05, family-wise) runs over every row that tests a claim or the selection (the `control:`
+    rows describe random data and are left out of the family)."""
     cfg = load_config(out / "config.yaml")
     base = json.loads((out / "runs" / "base" / "results.json").read_text())
     by_run = figures_by_run(load_runs(out), base, cfg.eval)
-    entries = []
+    found = []
     for claim, arm, reference, figures in COMPARISONS:
         row = paired(by_run, arm, reference)
         for figure in figures if row["n_pairs"] else ():
             p = paired_p_value(row[f"d{figure}_mean"], row[f"d{figure}_std"], row["n_pairs"])
-            entries.append((claim, arm, reference, figure, row, math.nan if claim.startswith("control") else p))
-    rejected = holm([e[5] for e in entries], ALPHA)
+            found.append({"claim": claim, "arm": arm, "reference": reference, "figure": figure, "row": row,
+                          "p": math.nan if claim.startswith("control") else p})
+    for entry, rejects in zip(found, holm([e["p"] for e in found], ALPHA)):
+        sign = +1 if entry["figure"] in LEARNING else -1
+        entry["verdict"] = verdict(entry["row"][f"d{entry['figure']}_ci95"], sign)
+        mean = entry["row"][f"d{entry['figure']}_mean"]
+        entry["holm"] = "—" if math.isnan(entry["p"]) else holm_verdict(rejects, mean, sign)
+    return found
+
+
+def _digits(figure: str) -> int:
+    return 4 if "bpb" in figure else 3
+
+
+def rows(out: Path) -> list[str]:
+    """The claims table: every comparison, every figure."""
     lines = ["| claim | arm − reference | pairs | figure | mean difference [95% interval] | p | verdict | "
              "verdict (Holm) | resolution |", "|---|---|---|---|---|---|---|---|---|"]
-    for (claim, arm, reference, figure, row, p), holm_rejects in zip(entries, rejected):
-        digits = 4 if "bpb" in figure else 3
-        sign = +1 if figure in LEARNING else -1
-        holm_cell = "—" if math.isnan(p) else holm_verdict(holm_rejects, row[f"d{figure}_mean"], sign)
-        lines.append(f"| {claim} | {name(arm)} − {name(reference)} | {row['n_pairs']} | {LABELS[figure]} | "
-                     f"{with_interval(row, figure, digits)} | {'—' if math.isnan(p) else f'{p:.3g}'} | "
-                     f"{verdict(row[f'd{figure}_ci95'], sign)} | {holm_cell} | {resolution(row, figure, digits)} |")
+    for e in entries(out):
+        row, figure, p = e["row"], e["figure"], e["p"]
+        lines.append(f"| {e['claim']} | {name(e['arm'])} − {name(e['reference'])} | {row['n_pairs']} | "
+                     f"{LABELS[figure]} | {with_interval(row, figure, _digits(figure))} | "
+                     f"{'—' if math.isnan(p) else f'{p:.3g}'} | {e['verdict']} | {e['holm']} | "
+                     f"{resolution(row, figure, _digits(figure))} |")
+    return lines
+
+
+def verdict_rows(out: Path) -> list[str]:
+    """The verdict table: each rule (and arm of it) against its matched random data and against the whole pool,
+    on the primary figures, with the Holm verdicts of the whole family."""
+    lines = ["| rule | ratio | against | pairs | figure | difference [95% interval] | verdict (Holm) | resolution |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in entries(out):
+        reference = e["reference"][0].split("@")[0].split(":")[0]
+        if e["figure"] not in PRIMARY or reference not in VERDICT_REFERENCES or e["claim"].startswith("control"):
+            continue
+        row, figure = e["row"], e["figure"]
+        lines.append(f"| {e['arm'][0]} | {e['arm'][1]:g} | {name(e['reference'])} | {row['n_pairs']} | "
+                     f"{LABELS[figure]} | {with_interval(row, figure, _digits(figure))} | {e['holm']} | "
+                     f"{resolution(row, figure, _digits(figure))} |")
     return lines
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="an experiment folder (its config.yaml and runs/)")
-    print("\n".join(rows(parser.parse_args().out)))
+    parser.add_argument("--verdict", action="store_true",
+                        help="only the verdict table: each rule against matched random data and the whole pool")
+    args = parser.parse_args()
+    print("\n".join(verdict_rows(args.out) if args.verdict else rows(args.out)))

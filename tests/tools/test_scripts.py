@@ -95,6 +95,18 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     assert holm[("grads-0.05 − full", "G_bpb")] == ("contradicts" if rejected else "cannot tell")
     assert holm[("grads-0.05 − random-0.05", "G_bpb")] == "cannot tell"
 
+    # --verdict: each rule against matched random data and the whole pool, on G_bpb and F_bpb only, with the same
+    # intervals and Holm verdicts as the full table (the family is the full table's)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid"), "--verdict"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    verdicts = {(c[0].strip("| "), c[1], c[2], c[4]): (c[5], c[6]) for c in
+                (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    assert set(verdicts) == {("grads", "0.05", "full", "G_bpb"), ("grads", "0.5", "full", "G_bpb"),
+                             ("grads", "0.05", "full", "F_bpb"), ("grads", "0.5", "full", "F_bpb")}
+    assert verdicts[("grads", "0.05", "full", "G_bpb")] == (cells[("grads-0.05 − full", "G_bpb")][0],
+                                                           holm[("grads-0.05 − full", "G_bpb")])
+
 
 def scores(folder: Path, n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
