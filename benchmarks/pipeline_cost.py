@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks-cost"))
     p.add_argument("--json", type=Path, help="write the figures here too (e.g. benchmarks/results/pipeline_cost.json)")
+    p.add_argument("--from-json", type=Path, help="run nothing: read the figures of an earlier run from this file")
+    p.add_argument("--plot", type=Path, help="draw agreement against cost ratio here (a PNG)")
+    p.add_argument("--markdown", action="store_true", help="print the table for docs/performance.md")
     return p
 
 
@@ -186,6 +189,15 @@ def full_epoch_seconds(args, model: str, pool: Path, default: Path) -> dict:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    report = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
+    if args.markdown:
+        print(markdown_table(report))
+    if args.plot:
+        plot(report, args.plot)
+    return report
+
+
+def measure(args) -> dict:
     if args.threads:
         import torch
 
@@ -274,6 +286,66 @@ def goal(rows: dict, noise: dict, bar: dict, chance: dict) -> dict:
     cheap = sorted((rows[n]["ratio_to_full_epoch"], n) for n in within if rows[n]["ratio_to_full_epoch"] <= GOAL)
     return {"reached": bool(cheap), "setting": cheap[0][1] if cheap else None, "within_noise": within,
             "goal_ratio": GOAL}
+
+
+AGREEMENT = {"jaccard_0.05": "Jaccard of the 5% subsets", "jaccard_0.5": "Jaccard of the 50% subsets",
+             "spearman": "Spearman of combined"}
+
+
+def markdown_table(report: dict) -> str:
+    """One row per setting: seconds, the ratio to the full-pool epoch and the agreement with the default; then the
+    faithful pairs (the noise) and chance."""
+    lines = ["| setting | warm-up s | scoring s | × full epoch | J 5% | J 50% | Spearman |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in report["settings"].items():
+        agree = " | ".join(f"{row[k]:.3f}" if k in row else "(itself)" for k in AGREEMENT)
+        lines.append(f"| {name} | {row['warmup_seconds']:.0f} | {row['scoring_seconds']:.0f} | "
+                     f"{row['ratio_to_full_epoch']:.2f} | {agree} |")
+    for name, pair in report["noise"].items():
+        lines.append(f"| faithful pair: default vs {name} | | | | "
+                     + " | ".join(f"{pair[k]:.3f}" for k in AGREEMENT) + " |")
+    chance = report["chance_jaccard"]
+    lines.append(f"| chance (two random subsets) | | | | {chance['0.05']:.3f} | {chance['0.5']:.3f} | 0 |")
+    if "proxy" in report:
+        proxy = report["proxy"]
+        lines += ["", f"As a proxy for {proxy['target']} (its full-pool epoch {proxy['target_full_epoch_seconds']:.0f} s; "
+                      f"its own default selection {proxy['target_selection_ratio']:.2f}× that epoch):", "",
+                  "| proxy setting | × target epoch | J 5% | J 50% | Spearman |", "|---|---:|---:|---:|---:|"]
+        for name, row in proxy["as_proxy"].items():
+            lines.append(f"| {name} | {row['ratio_to_target_epoch']:.2f} | "
+                         + " | ".join(f"{row[k]:.3f}" for k in AGREEMENT) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Agreement with the faithful selection against the cost ratio, one panel per agreement figure, with the
+    faithful pairs' mean (the method's own noise), chance and the goal's cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grads.infra import atomic
+
+    rows = {n: r for n, r in report["settings"].items() if n != "default" and not n.startswith("seed-")}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True)
+    for ax, (key, title) in zip(axes, AGREEMENT.items()):
+        for name, row in rows.items():
+            ax.scatter(row["ratio_to_full_epoch"], row[key], color="tab:blue")
+            ax.annotate(name, (row["ratio_to_full_epoch"], row[key]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        if key in report["noise_mean"]:
+            ax.axhline(report["noise_mean"][key], color="tab:green", ls="--", label="two faithful selections")
+        chance = report["chance_jaccard"].get(key.removeprefix("jaccard_")) if key.startswith("jaccard") else 0.0
+        ax.axhline(chance, color="grey", ls=":", label="chance")
+        ax.axvline(GOAL, color="tab:red", ls="-.", label=f"goal: {GOAL}× an epoch")
+        ax.set(title=title, xlabel="cost: × a full-pool LoRA epoch", ylim=(min(-0.05, ax.get_ylim()[0]), 1.02),
+               xlim=(0, max(1.0, ax.get_xlim()[1])))
+    axes[0].set_ylabel("agreement with the faithful selection")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def print_report(report: dict) -> None:

@@ -110,7 +110,7 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
                     tokenizer.pad_token_id, log)
     upstream = {"score_fingerprint": plan.score_fingerprint, "input": info.record(),
                 "truncation": pool.stats.truncation(), "warmup_model": scoring_model if sel.warmup_epochs else None,
-                "cost": _cost(job, pool, score_pool, timings)}
+                "cost": _cost(job, pool, score_pool, timings, proxy=up is not job)}
     with timings.stage("selection", digits=2):
         summary = run_selection(job, upstream)
     with timings.stage("report"):
@@ -119,7 +119,7 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     return summary
 
 
-def _cost(job: SelectJob, pool, score_pool, timings: _Timings) -> dict:
+def _cost(job: SelectJob, pool, score_pool, timings: _Timings, proxy: bool) -> dict:
     """selection.json's cost object, from the stages' records: the warm-up's done.json (its training time;
     OUT/timings.json when the warm-up was deleted since) and OUT/score/timings.json (the scoring time). A proxy's
     warm-up says nothing of what an epoch of --model costs: then no full epoch is estimated."""
@@ -139,7 +139,7 @@ def _cost(job: SelectJob, pool, score_pool, timings: _Timings) -> dict:
         examples, tokens = trained_tokens(*counts, warmup_rows(job, len(pool)))
         warmup = StageWork(seconds, examples, round(tokens * sel.warmup_epochs))
     return selection_cost(warmup, scoring, trained_tokens(*counts)[1], sel.warmup_epochs, sel.warmup_fraction,
-                          proxy=job.scoring_side() is not job)
+                          proxy=proxy)
 
 
 def _scores_need_no_model(score_dir: Path, plan: WarmupPlan, columns: set[str]) -> bool:

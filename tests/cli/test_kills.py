@@ -26,7 +26,11 @@ GRADS = [sys.executable, "-m", "grads.cli"]
 
 
 def test_score_killed_halfway_resumes_to_the_same_file(tmp_path, tiny_model_dir, medmcqa_dir):
-    args = ["score", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "240",
+    """A scoring killed midway resumes from its chunks to the file of an uninterrupted run, and its recorded
+    seconds count the killed sitting's chunks too."""
+    from grads.stages.score import CHUNK_DIR, chunk_seconds
+
+    args = ["score", "--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "120",
             "--batch-size", "1", "--max-length", "128", "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([*GRADS, *args, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
@@ -35,20 +39,24 @@ def test_score_killed_halfway_resumes_to_the_same_file(tmp_path, tiny_model_dir,
     proc = subprocess.Popen([*GRADS, *args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while len(list((killed / "score-chunks").glob("chunk-*.parquet"))) < 3 and time.time() < deadline:
+    while len(list((killed / CHUNK_DIR).glob("chunk-*.parquet"))) < 3 and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_chunks = len(list((killed / "score-chunks").glob("chunk-*.parquet")))
-    assert 3 <= n_chunks < 60 and not (killed / "scores.parquet").exists()  # really killed midway
+    n_chunks = len(list((killed / CHUNK_DIR).glob("chunk-*.parquet")))
+    assert 3 <= n_chunks < 90 and not (killed / "scores.parquet").exists()  # really killed midway
+    earlier = chunk_seconds(killed / CHUNK_DIR)
 
     subprocess.run([*GRADS, *args, "--out", str(killed)], check=True, env=env, capture_output=True)
     clean = pq.read_table(tmp_path / "clean" / "scores.parquet")
     resumed = pq.read_table(killed / "scores.parquet")
-    assert resumed.num_rows == 240 and resumed.to_pandas().equals(clean.to_pandas())
+    assert resumed.num_rows == 120 and resumed.to_pandas().equals(clean.to_pandas())
     assert (killed / "scores.parquet").read_bytes() == (tmp_path / "clean" / "scores.parquet").read_bytes()
     meta = json.loads((killed / "score.json").read_text())
-    assert sum(meta["status_counts"].values()) == 240
+    assert sum(meta["status_counts"].values()) == 120
+    timings = json.loads((killed / "timings.json").read_text())
+    assert earlier > 0 and timings["scoring_s"] == pytest.approx(earlier + timings["scoring_s_this_sitting"],
+                                                                 abs=0.011)
 
     # the same command again reuses the finished folder; another run's settings are refused
     again = subprocess.run([*GRADS, *args, "--out", str(killed)], env=env, capture_output=True, text=True)

@@ -80,3 +80,21 @@ def test_chunks_of_another_run_are_refused(tmp_path):
     score_examples(model, examples, tmp_path, ScoreConfig(batch_size=2), "first", 0, progress=False)
     with pytest.raises(GradsError, match="different run"):
         score_examples(model, examples, tmp_path, ScoreConfig(batch_size=2), "second", 0, progress=False)
+
+
+def test_a_resumed_scoring_counts_the_seconds_of_its_earlier_sittings(tmp_path):
+    """Each chunk records the seconds spent on it; what the chunks left by a killed sitting recorded is what
+    timings.json adds to the resumed sitting's own seconds."""
+    from grads.stages.score import SECONDS_KEY, chunk_seconds
+
+    model, examples = tiny_llama(), pool(20)
+    cfg = ScoreConfig(batch_size=2, batches_per_chunk=1)
+    score_examples(model, examples, tmp_path, cfg, "f", 0, progress=False)
+    chunks = sorted((tmp_path / CHUNK_DIR).glob("chunk-*.parquet"))
+    recorded = [float(pq.read_schema(p).metadata[SECONDS_KEY]) for p in chunks]
+    assert len(recorded) == len(plan_batches(examples, 2)) > 4 and all(s > 0 for s in recorded)
+    assert chunk_seconds(tmp_path / CHUNK_DIR) == pytest.approx(sum(recorded), rel=1e-9)
+    for path in chunks[4:]:
+        path.unlink()
+    assert chunk_seconds(tmp_path / CHUNK_DIR) == pytest.approx(sum(recorded[:4]), rel=1e-9)
+    assert chunk_seconds(tmp_path / "absent") == 0.0

@@ -87,8 +87,8 @@ def test_every_benchmark_the_gpu_script_starts_is_one_the_benchmark_accepts(tmp_
                     ("llama-1b", "bf16", False, "llama1b-bf16.json")]
 
 
-def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeypatch, tiny_model_dir, medmcqa_dir,
-                                                              smol_tokenizer):
+def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeypatch, capsys, tiny_model_dir,
+                                                              medmcqa_dir, smol_tokenizer):
     """benchmarks/pipeline_cost.py end to end on tiny models: each setting's seconds over the default's warm-up
     (the full-pool epoch) as selection.json recorded them, Jaccard and Spearman against the default computed here
     from the selections themselves, the proxy read against the target's own selection, and a goal verdict that
@@ -153,3 +153,20 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
         assert verdict["reached"] is None and "chance" in verdict["why"]  # the noise says nothing
     else:
         assert verdict["reached"] == any(report["settings"][n]["ratio_to_full_epoch"] <= 0.25 for n in within)
+
+    # the docs' table and plot, drawn from the JSON alone: a row per setting with its ratio and agreement
+    capsys.readouterr()
+    assert main(["--from-json", str(tmp_path / "cost.json"), "--markdown", "--plot", str(tmp_path / "cost.png")]) \
+        == json.loads((tmp_path / "cost.json").read_text())
+    first = capsys.readouterr().out.split("\n\n")[0]  # the settings' table (the proxy's follows)
+    table = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                               for line in first.splitlines() if line.startswith("| "))}
+    for name, row in report["settings"].items():
+        cells = table[name]
+        assert float(cells[2]) == pytest.approx(row["ratio_to_full_epoch"], abs=0.006)
+        if name != "default":
+            assert float(cells[3]) == pytest.approx(row["jaccard_0.05"], abs=6e-4)
+    assert float(table["faithful pair: default vs seed-1"][5]) == \
+        pytest.approx(report["noise"]["seed-1"]["spearman"], abs=6e-4)
+    assert float(table["theta0"][5]) == pytest.approx(report["settings"]["theta0"]["spearman"], abs=6e-4)
+    assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,6 +34,7 @@ from grads.eval.nll import target_nll
 from grads.infra import atomic, distributed
 
 CHUNK_DIR = "score-chunks"
+SECONDS_KEY = b"grads_seconds"  # a chunk's metadata: the wall seconds its rank spent scoring it
 
 
 STATUS_OK, STATUS_NO_TARGET, STATUS_NONFINITE = "ok", "no_target", "nonfinite"
@@ -126,11 +127,13 @@ def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: Sco
     model.eval()  # no dropout: scores do not depend on batch order or chance
     try:
         for k in todo:
-            rows = []
+            rows, started = [], time.perf_counter()
             for batch in chunks[k]:
                 rows += _score_batch(model, examples.take(batch), pad_id, cfg)
                 bar.advance(len(batch))
-            atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
+            seconds = f"{time.perf_counter() - started:.4f}".encode()
+            atomic.write_parquet(chunk_dir / f"chunk-{k:05d}.parquet",
+                                 pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata({SECONDS_KEY: seconds})))
         for _ in range(idle):
             _score_batch(model, examples.take(batches[0]), pad_id, cfg)
     finally:
@@ -149,6 +152,14 @@ def score_examples(model, examples: TokenizedPool, out_dir: str | Path, cfg: Sco
     tables = [pa.Table.from_pylist(no_target, schema=SCHEMA)]
     tables += [pq.read_table(chunk_dir / f"chunk-{k:05d}.parquet", schema=SCHEMA) for k in range(len(chunks))]
     return pa.concat_tables(tables).sort_by("row").combine_chunks()
+
+
+def chunk_seconds(chunk_dir: Path) -> float:
+    """The seconds recorded by the chunks already in chunk_dir (scored in earlier sittings; 0 for none)."""
+    total = 0.0
+    for path in chunk_dir.glob("chunk-*.parquet"):
+        total += float((pq.read_schema(path).metadata or {}).get(SECONDS_KEY, b"0"))
+    return total
 
 
 def status_counts(table: pa.Table) -> dict[str, int]:
@@ -212,7 +223,8 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
         sharding = {"fsdp": True, "parameter_bytes": distributed.parameter_bytes(model)}
         model = distributed.shard_model(model)
         sharding["parameter_bytes_rank0"] = distributed.parameter_bytes(model)
-    started = time.perf_counter()
+    # a resumed scoring counts its earlier sittings too: the seconds of the chunks they left, over the ranks
+    earlier, started = chunk_seconds(out_dir / CHUNK_DIR) / distributed.world_size(), time.perf_counter()
     table = score_examples(model, pool, out_dir, job.score, fingerprint, tokenizer.pad_token_id, progress)
     if table is None:  # not rank 0: wait until rank 0 has written the merged table
         distributed.barrier()
@@ -223,7 +235,9 @@ def _score(job: ScoreJob, info, fingerprint: str | None, model, tokenizer, pool:
         "token_cache": str(pool.folder), "world_size": distributed.world_size(), **sharding,
     }
     path = finish(out_dir, table, meta)  # score.json holds no wall-clock time: the same inputs, the same file
-    atomic.write_json(out_dir / "timings.json", {"scoring_s": round(time.perf_counter() - started, 2)})
+    this_sitting = time.perf_counter() - started
+    atomic.write_json(out_dir / "timings.json", {"scoring_s": round(earlier + this_sitting, 2),
+                                                 "scoring_s_this_sitting": round(this_sitting, 2)})
     distributed.barrier()
     return path
 
