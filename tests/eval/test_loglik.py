@@ -102,3 +102,57 @@ def test_shared_context_scoring_equals_plain_scoring(smol_tokenizer):
     ids = smol_tokenizer("Question: what?\nAnswer: A")["input_ids"]
     lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -2], -1)[ids[-1]]
     assert shared[0] == pytest.approx(lp.item(), rel=1e-5)
+
+
+class IgnoresLogitsToKeep(torch.nn.Module):
+    """The same LM, but its forward computes the logits of every position whatever it is asked."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_the_lm_head_runs_only_where_a_token_is_scored_and_the_values_are_a_full_forwards(smol_tokenizer):
+    """Log-likelihoods (plain and shared-context) and the held-out NLL ask for the logits of the scored positions
+    only: the head sees those rows alone, and every value equals one example's full forward, alone and unpadded
+    (also through a model that ignores logits_to_keep)."""
+    from grads.data.batches import collate
+    from grads.data.tokenize import TokenizedExample
+    from grads.eval.nll import target_nll
+
+    model = tiny_llama(vocab_size=len(smol_tokenizer), hidden=32)
+    rows_seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1].numel()))
+    pairs = [("Question: what?\nAnswer:", " A"), ("Question: what?\nAnswer:", " B"), ("The cat", " sat on it"),
+             ("The cat sat on the mat and then", " ran away quickly"), ("Alone here", " yes")]
+
+    def alone(context, continuation):
+        ctx = smol_tokenizer(context)["input_ids"]
+        ids = ctx + smol_tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        return sum(lp[t - 1, ids[t]].item() for t in range(len(ctx), len(ids)))
+
+    expected = [alone(*pair) for pair in pairs]
+    rows_seen.clear()
+    for share in (True, False):
+        assert loglikelihoods(model, smol_tokenizer, pairs, 8, share_context=share) == pytest.approx(expected, rel=1e-5)
+    n_cont = [len(smol_tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in pairs]
+    # shared: one row for the two letters' context, then the other three pairs' continuation tokens; plain: all
+    assert rows_seen == [1, sum(n_cont[2:]), sum(n_cont)]
+    wrapped = IgnoresLogitsToKeep(model)
+    assert loglikelihoods(wrapped, smol_tokenizer, pairs, 2) == pytest.approx(expected, rel=1e-5)
+
+    examples = []
+    for row, (context, continuation) in enumerate(pairs):
+        ctx = smol_tokenizer(context)["input_ids"]
+        ids = ctx + smol_tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        examples.append(TokenizedExample(f"e{row}", row, ids, [-100] * len(ctx) + ids[len(ctx):]))
+    batch = collate(examples, smol_tokenizer.pad_token_id, "right")
+    for lm in (model, wrapped):
+        nll, count = target_nll(lm, batch)
+        assert count.tolist() == n_cont
+        assert nll.tolist() == pytest.approx([-e for e in expected], rel=1e-5)
+    hook.remove()

@@ -46,17 +46,31 @@ def one_process(tmp_path_factory, tiny_model_dir, medmcqa_dir):
 
 
 @pytest.mark.e2e
-def test_two_ranks_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir, one_process):
-    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(tmp_path / "two")],
-                         env=_env(tmp_path), capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    two = pq.read_table(tmp_path / "two" / "scores.parquet")
-    assert two.num_rows == 96
-    assert_same_table(two, one_process)
+def test_two_ranks_data_parallel_or_sharded_merge_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
+                                                                           one_process):
     import json
 
-    meta = json.loads((tmp_path / "two" / "score.json").read_text())
-    assert meta["world_size"] == 2 and not (tmp_path / "two" / "score-chunks").exists()
+    two = tmp_path / "two"
+    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(two)],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = pq.read_table(two / "scores.parquet")
+    assert table.num_rows == 96
+    assert_same_table(table, one_process)
+    data_parallel = json.loads((two / "score.json").read_text())
+    assert data_parallel["world_size"] == 2 and not (two / "score-chunks").exists()
+
+    sharded = tmp_path / "fsdp"
+    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(sharded)],
+                         env=_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_table(pq.read_table(sharded / "scores.parquet"), one_process)
+    meta = json.loads((sharded / "score.json").read_text())
+    assert meta["fsdp"] and meta["world_size"] == 2
+    # rank 0 holds half the parameters, give or take a row of each sharded matrix (dim 0 split in 2)
+    assert 0.45 < meta["parameter_bytes_rank0"] / meta["parameter_bytes"] < 0.56
+    # --fsdp is how the job ran, not what it computed: the fingerprint is the data-parallel run's
+    assert meta["fingerprint"] == data_parallel["fingerprint"]
 
 
 @pytest.mark.e2e
@@ -81,27 +95,6 @@ def test_a_killed_rank_reruns_to_the_same_table(tmp_path, tiny_model_dir, medmcq
     rerun = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
-
-
-@pytest.mark.e2e
-def test_fsdp_shards_the_parameters_and_merges_to_the_one_process_table(tmp_path, tiny_model_dir, medmcqa_dir,
-                                                                        one_process):
-    import json
-
-    out = tmp_path / "fsdp"
-    run = subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--fsdp", "--out", str(out)],
-                         env=_env(tmp_path), capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert_same_table(pq.read_table(out / "scores.parquet"), one_process)
-    meta = json.loads((out / "score.json").read_text())
-    assert meta["fsdp"] and meta["world_size"] == 2
-    # rank 0 holds half the parameters, give or take a row of each sharded matrix (dim 0 split in 2)
-    assert 0.45 < meta["parameter_bytes_rank0"] / meta["parameter_bytes"] < 0.56
-    # --fsdp is how the job ran, not what it computed: the fingerprint is the data-parallel run's
-    data_parallel = tmp_path / "dp"
-    subprocess.run([*TORCHRUN, *_args(tiny_model_dir, medmcqa_dir), "--out", str(data_parallel)],
-                   env=_env(tmp_path), check=True, capture_output=True)
-    assert json.loads((data_parallel / "score.json").read_text())["fingerprint"] == meta["fingerprint"]
 
 
 @pytest.mark.e2e

@@ -19,14 +19,18 @@ pytestmark = pytest.mark.e2e
 
 def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel(tmp_path):
     """benchmarks/gradnorms.py end to end on a small random model (no extra dependency: the naive loop and the
-    torch.func peer, per-example autograd by two other routes), both batch shapes; their norms equal ours."""
-    out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gradnorms.py"), "--model", "tiny",
-                           "--data", "synthetic", "--methods", "grads_kernel", "naive_loop", "torch_func",
-                           "--batches", "2", "--batch-size", "3", "--max-tokens", "24", "--answer-tokens", "6",
-                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    torch.func peer, per-example autograd by two other routes), both batch shapes, in one process; their norms
+    equal ours. Then the default way, each method in a child process of its own, for the kernel on one shape."""
+    def bench(out, *flags):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gradnorms.py"), "--model", "tiny",
+                               "--data", "synthetic", "--batches", "2", "--batch-size", "3", "--max-tokens", "24",
+                               "--answer-tokens", "6", "--threads", "1", "--out", str(out), *flags],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(out.read_text()), done.stdout
+
+    report, stdout = bench(tmp_path / "bench.json", "--methods", "grads_kernel", "naive_loop", "torch_func",
+                           "--in-process")
     for shape, targets in [("answer-only", 6), ("all-target", 23)]:
         results = report["shapes"][shape]
         assert results["grads_kernel"]["targets_per_example"] == targets
@@ -37,7 +41,12 @@ def test_gradnorms_benchmark_runs_and_the_torch_func_peer_agrees_with_the_kernel
             for key in keys:
                 for a, b in zip(ours[key], results[peer]["norms"][key]):
                     assert math.isclose(a, b, rel_tol=1e-4), (shape, peer, key)
-    assert "torch_func" in done.stdout and "÷ train" in done.stdout
+    assert "torch_func" in stdout and "÷ train" in stdout
+
+    child, _ = bench(tmp_path / "child.json", "--methods", "grads_kernel", "--shape", "answer-only")
+    for key, values in child["shapes"]["answer-only"]["grads_kernel"]["norms"].items():
+        for a, b in zip(values, report["shapes"]["answer-only"]["grads_kernel"]["norms"][key]):
+            assert math.isclose(a, b, rel_tol=1e-5), key
 
 
 RECORDER = """#!{python}

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from grads.eval.nll import logits_where, per_row_sum
 from grads.eval.tasks import BPB_SUFFIX, TaskSpec, build_items, resolve_task
 
 MAX_TOKENS = 1024
@@ -71,16 +72,21 @@ def _padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torc
 
 @torch.inference_mode()
 def _plain(model, encoded: list[tuple[list[int], int]], batch_size: int, pad: int) -> list[float]:
-    """Σ log p of the last n tokens of each sequence, sequences batched by length (right padding)."""
+    """Σ log p of the last n tokens of each sequence, sequences batched by length (right padding); the LM head
+    runs only where a scored token is predicted."""
     device = next(model.parameters()).device
     out = [0.0] * len(encoded)
     for idx in _batches([len(e[0]) for e in encoded], batch_size):
         ids, mask = _padded([encoded[i][0] for i in idx], pad, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1))
+        keep = torch.zeros_like(ids, dtype=torch.bool)
         for row, i in enumerate(idx):
             seq, n_cont = encoded[i]
-            out[i] = float(token_lp[row, len(seq) - 1 - n_cont:len(seq) - 1].sum())
+            keep[row, len(seq) - 1 - n_cont:len(seq) - 1] = True  # position t predicts token t+1
+        logits = logits_where(model, ids, mask, keep)
+        targets = ids[:, 1:][keep[:, :-1]]
+        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for i, value in zip(idx, per_row_sum(token_lp, keep).tolist()):
+            out[i] = value
     return out
 
 
@@ -92,9 +98,12 @@ def _next_token(model, contexts: list[list[int]], batch_size: int, pad: int) -> 
     out: list[torch.Tensor] = [torch.empty(0)] * len(contexts)
     for idx in _batches([len(c) for c in contexts], batch_size):
         ids, mask = _padded([contexts[i] for i in idx], pad, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        keep = torch.zeros_like(ids, dtype=torch.bool)
         for row, i in enumerate(idx):
-            out[i] = torch.log_softmax(logits[row, len(contexts[i]) - 1].float(), dim=-1).cpu()
+            keep[row, len(contexts[i]) - 1] = True
+        logprobs = torch.log_softmax(logits_where(model, ids, mask, keep), dim=-1).cpu()
+        for row, i in enumerate(idx):
+            out[i] = logprobs[row]
     return out
 
 
