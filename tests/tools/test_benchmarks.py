@@ -179,3 +179,17 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
         pytest.approx(report["noise"]["seed-1"]["spearman"], abs=6e-4)
     assert float(table["theta0"][5]) == pytest.approx(report["settings"]["theta0"]["spearman"], abs=6e-4)
     assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_head_benchmark_times_both_ways_and_they_agree(tmp_path, monkeypatch, tiny_model_dir):
+    """benchmarks/eval_head.py on the tiny model: the evaluation with the head where a token is scored and with it
+    everywhere, each timed; the ratio is that of the best times, and every per-item value agrees."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from eval_head import main
+
+    report = main(["--model", str(tiny_model_dir), "--limit", "2", "--heldout-limit", "4", "--repeats", "1",
+                   "--json", str(tmp_path / "eval.json")])
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads(json.dumps(report))
+    best = {name: min(s) for name, s in report["seconds"].items()}
+    assert report["ratio"] == pytest.approx(best["scored positions"] / best["every position"], abs=1e-3)
+    assert report["n_values"] > 20 and report["max_relative_difference"] < 1e-4
