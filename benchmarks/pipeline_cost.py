@@ -228,6 +228,9 @@ def measure(args) -> dict:
         rows[name] = {"settings": plans[name], "warmup_seconds": cost["warmup_seconds"],
                       "scoring_seconds": cost["scoring_seconds"], "seconds": round(seconds, 1),
                       "ratio_to_full_epoch": round(seconds / epoch["seconds"], 4), "sitting": sitting(folder),
+                      # what selection.json said of itself: its epoch estimated from its own warm-up, and its ratio
+                      "own_estimate": {k: cost[k] for k in ("full_epoch_seconds", "ratio_to_full_epoch")}
+                      if cost["ratio_estimated"] and cost["full_epoch_seconds"] else None,
                       **(agreement(folders["default"], folder) if name != "default" else {})}
     noise_folders = {name: folders[name] for name in folders if name.startswith("seed-")}
     noise_folders |= {str(f): f for f in args.noise_from}
@@ -306,10 +309,17 @@ def markdown_table(report: dict) -> str:
                      + " | ".join(f"{pair[k]:.3f}" for k in AGREEMENT) + " |")
     chance = report["chance_jaccard"]
     lines.append(f"| chance (two random subsets) | | | | {chance['0.05']:.3f} | {chance['0.5']:.3f} | 0 |")
+    own = {n: r["own_estimate"] for n, r in report["settings"].items() if r.get("own_estimate")}
+    if own:
+        parts = [f"{n} {e['full_epoch_seconds']:.0f} s (its ratio {e['ratio_to_full_epoch']:.2f}, measured "
+                 f"{report['settings'][n]['ratio_to_full_epoch']:.2f})" for n, e in own.items()]
+        lines += ["", "What each fractional warm-up's selection.json estimated from its own seconds per token, "
+                      f"against the measured epoch of {report['full_epoch']['seconds']:.0f} s: {'; '.join(parts)}."]
     if "proxy" in report:
         proxy = report["proxy"]
-        lines += ["", f"As a proxy for {proxy['target']} (its full-pool epoch {proxy['target_full_epoch_seconds']:.0f} s; "
-                      f"its own default selection {proxy['target_selection_ratio']:.2f}× that epoch):", "",
+        lines += ["", f"As a proxy for {proxy['target']} (its full-pool epoch "
+                      f"{proxy['target_full_epoch_seconds']:.0f} s; its own default selection "
+                      f"{proxy['target_selection_ratio']:.2f}× that epoch):", "",
                   "| proxy setting | × target epoch | J 5% | J 50% | Spearman |", "|---|---:|---:|---:|---:|"]
         for name, row in proxy["as_proxy"].items():
             lines.append(f"| {name} | {row['ratio_to_target_epoch']:.2f} | "

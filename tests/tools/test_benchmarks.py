@@ -136,6 +136,10 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
     assert report["settings"]["theta0"]["warmup_seconds"] == 0
     cheaper = selection("warmup-0.5+len-32")
     assert cheaper["settings"]["select"]["score_max_length"] == 32 and cheaper["cost"]["warmup_examples"] == 12
+    # a fractional warm-up's own estimate of the epoch is kept beside the measured ratio (the default's: none)
+    assert report["settings"]["warmup-0.5+len-32"]["own_estimate"] == {
+        k: cheaper["cost"][k] for k in ("full_epoch_seconds", "ratio_to_full_epoch")}
+    assert report["settings"]["default"]["own_estimate"] is None
 
     def ids(name, ratio, folder=out):
         return set(json.loads((folder / name / "selection.json").read_text())["outputs"][f"grads-{ratio}.jsonl"]["ids"])
