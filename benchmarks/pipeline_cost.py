@@ -349,10 +349,12 @@ def plot(report: dict, path: Path) -> None:
         chance = report["chance_jaccard"].get(key.removeprefix("jaccard_")) if key.startswith("jaccard") else 0.0
         ax.axhline(chance, color="grey", ls=":", label="chance")
         ax.axvline(GOAL, color="tab:red", ls="-.", label=f"goal: {GOAL}× an epoch")
+        ax.scatter(report["settings"]["default"]["ratio_to_full_epoch"], 1.0, marker="*", s=120, color="black",
+                   label="the faithful selection (default)")
         ax.set(title=title, xlabel="cost: × a full-pool LoRA epoch", ylim=(min(-0.05, ax.get_ylim()[0]), 1.02),
                xlim=(0, max(1.0, ax.get_xlim()[1])))
     axes[0].set_ylabel("agreement with the faithful selection")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="center right")
     fig.tight_layout()
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
