@@ -152,7 +152,8 @@ def test_the_lm_head_runs_only_where_a_token_is_scored_and_the_values_are_a_full
         examples.append(TokenizedExample(f"e{row}", row, ids, [-100] * len(ctx) + ids[len(ctx):]))
     batch = collate(examples, smol_tokenizer.pad_token_id, "right")
     for lm in (model, wrapped):
-        nll, count = target_nll(lm, batch)
-        assert count.tolist() == n_cont
-        assert nll.tolist() == pytest.approx([-e for e in expected], rel=1e-5)
+        for where_scored in (True, False):
+            nll, count = target_nll(lm, batch, where_scored=where_scored)
+            assert count.tolist() == n_cont
+            assert nll.tolist() == pytest.approx([-e for e in expected], rel=1e-5)
     hook.remove()

@@ -47,7 +47,7 @@ def answer_nll(model, pool: TokenizedPool, batch_size: int, pad_id: int) -> np.n
     device = next(model.parameters()).device
     out = np.full(len(pool), np.nan)
     for batch_idx in plan_batches(pool, batch_size):
-        nll, _ = target_nll(model, collate(pool.take(batch_idx), pad_id, "right", device))
+        nll, _ = target_nll(model, collate(pool.take(batch_idx), pad_id, "right", device), where_scored=True)
         out[batch_idx] = nll.double().cpu().numpy()
     return out
 

@@ -28,12 +28,21 @@ def per_row_sum(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.zeros(keep.shape[0], dtype=values.dtype, device=values.device).index_add_(0, rows, values)
 
 
-def target_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def target_nll(model, batch: dict[str, torch.Tensor], where_scored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ NLL in nats, count) of each sequence's target tokens (labels other than IGNORE_INDEX, each predicted from
-    the token before; padding is IGNORE_INDEX): training's loss per example, summed. The LM head runs only at
-    the positions that predict a target."""
+    the token before; padding is IGNORE_INDEX): training's loss per example, summed.
+
+    where_scored: the LM head runs only at the positions that predict a target (evaluation). Scoring keeps every
+    position's logits: IFD ranks examples by these losses, and identical answers must keep exactly equal losses
+    for their ties to be broken by the rule, not by the last bits of a differently shaped product."""
     labels = batch["labels"][:, 1:]
     is_target = labels != IGNORE_INDEX  # position t predicts token t+1
+    if not where_scored:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                                reduction="none").sum(1)
+        return nll, is_target.sum(1)
     keep = torch.nn.functional.pad(is_target, (0, 1), value=False)
     logits = logits_where(model, batch["input_ids"], batch["attention_mask"], keep)
     nll = torch.nn.functional.cross_entropy(logits, labels[is_target], reduction="none")
