@@ -19,6 +19,11 @@ def logits_where(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     if logits.dim() == 3:  # every position was computed
         logits = logits[keep]
+    return _in_fp32(logits)
+
+
+def _in_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits in fp32 (a softmax over the vocabulary needs it); others as they are."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
@@ -38,8 +43,7 @@ def target_nll(model, batch: dict[str, torch.Tensor], where_scored: bool = False
     labels = batch["labels"][:, 1:]
     is_target = labels != IGNORE_INDEX  # position t predicts token t+1
     if not where_scored:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        logits = _in_fp32(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                                                 reduction="none").sum(1)
         return nll, is_target.sum(1)

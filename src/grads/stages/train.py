@@ -171,7 +171,7 @@ def train_sft(model_cfg: ModelConfig, tokenizer, examples: TokenizedPool, out_di
               "loss_history": [e["loss"] for e in trainer.state.log_history if "loss" in e],
               "steps": trainer.state.global_step, "seconds": round(earlier + time.perf_counter() - started, 1),
               "seconds_this_sitting": round(time.perf_counter() - started, 1),
-              "seconds_by_step": dict(sorted(by_step.items(), key=lambda kv: int(kv[0]))),
+              "seconds_by_step": dict(by_step),
               "examples": len(dataset), "resumed_from": last, "config": cfg.settings(),
               "base_model": model_cfg.model}
     with atomic.atomic_folder(final) as tmp:
