@@ -123,7 +123,8 @@ def _cost(job: SelectJob, pool, score_pool, timings: _Timings, proxy: bool) -> d
     """selection.json's cost object, from the stages' records: the warm-up's done.json (its training time;
     OUT/timings.json when the warm-up was deleted since) and OUT/score/timings.json (the scoring time). A proxy's
     warm-up says nothing of what an epoch of --model costs: then no full epoch is estimated."""
-    from grads.stages.cost import StageWork, selection_cost, trained_tokens
+    from grads.infra import distributed
+    from grads.stages.cost import StageWork, selection_cost, steady_pace, trained_tokens
     from grads.stages.warmup import warmup_rows
 
     out, sel = Path(job.out), job.select
@@ -132,14 +133,17 @@ def _cost(job: SelectJob, pool, score_pool, timings: _Timings, proxy: bool) -> d
     scoring = StageWork(json.loads(score_times.read_text())["scoring_s"] if score_times.exists()
                         else timings.before.get("scoring_s", timings.seconds["scoring_s"]),
                         *trained_tokens(score_pool.n_tokens, score_pool.n_target_tokens))
-    warmup = None
+    warmup, pace = None, None
     if sel.warmup_epochs > 0:
         done = warmup_folder(out) / "model" / DONE
-        seconds = json.loads(done.read_text())["seconds"] if done.exists() else timings.before.get("warmup_s", 0.0)
+        record = json.loads(done.read_text()) if done.exists() else {}
+        seconds = record["seconds"] if record else timings.before.get("warmup_s", 0.0)
+        pace = steady_pace(record.get("seconds_by_step"))
         examples, tokens = trained_tokens(*counts, warmup_rows(job, len(pool)))
         warmup = StageWork(seconds, examples, round(tokens * sel.warmup_epochs))
-    return selection_cost(warmup, scoring, trained_tokens(*counts)[1], sel.warmup_epochs, sel.warmup_fraction,
-                          proxy=proxy)
+    batch = job.train.batch_size * job.train.grad_accum * distributed.world_size()
+    return selection_cost(warmup, scoring, StageWork(0.0, *trained_tokens(*counts)), sel.warmup_epochs,
+                          sel.warmup_fraction, proxy=proxy, pace=pace, examples_per_step=batch)
 
 
 def _scores_need_no_model(score_dir: Path, plan: WarmupPlan, columns: set[str]) -> bool:

@@ -1,6 +1,6 @@
 """SIGKILL at the worst moments (docs/reliability.md, "Faults"): during scoring, during the warm-up, while a
 checkpoint is saved and while the outputs are written; each rerun resumes and ends with the files of an
-uninterrupted run, byte for byte. Every run here is a child process that the test kills."""
+uninterrupted run, byte for byte. Every run that is killed here is a child process."""
 
 from __future__ import annotations
 
@@ -58,12 +58,18 @@ def test_score_killed_halfway_resumes_to_the_same_file(tmp_path, tiny_model_dir,
     assert earlier > 0 and timings["scoring_s"] == pytest.approx(earlier + timings["scoring_s_this_sitting"],
                                                                  abs=0.011)
 
-    # the same command again reuses the finished folder; another run's settings are refused
-    again = subprocess.run([*GRADS, *args, "--out", str(killed)], env=env, capture_output=True, text=True)
-    assert again.returncode == 0
-    other = subprocess.run([*GRADS, *args[:-1], "--max-length", "64", "--quiet", "--out", str(killed)], env=env,
-                           capture_output=True, text=True)
-    assert other.returncode == 2 and "different run" in other.stderr
+    # the same command again reuses the finished folder (the file untouched); another run's settings are refused
+    # (no kill: in this process)
+    from typer.testing import CliRunner
+
+    from grads.cli import app
+
+    finished = (killed / "scores.parquet").stat().st_mtime_ns
+    again = CliRunner().invoke(app, [*args, "--out", str(killed)])
+    assert again.exit_code == 0, again.output
+    assert (killed / "scores.parquet").stat().st_mtime_ns == finished
+    other = CliRunner().invoke(app, [*args[:-1], "--max-length", "64", "--quiet", "--out", str(killed)])
+    assert isinstance(other.exception, GradsError) and "different run" in str(other.exception)  # exit code 2
 
 
 def comparable(folder: Path) -> dict[str, bytes]:

@@ -185,6 +185,38 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
     assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_warmup_pace_estimates_the_full_epoch_both_ways_from_the_recorded_steps(tmp_path, monkeypatch,
+                                                                                tiny_model_dir, medmcqa_dir):
+    """benchmarks/warmup_pace.py on the tiny model: a warm-up on half the pool and a full epoch trained beside it;
+    each estimate recomputed here from the warm-up's done.json, and its error against the full epoch."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from warmup_pace import main
+
+    report = main(["--model", str(tiny_model_dir), "--data", str(medmcqa_dir / "pool.jsonl"), "--limit", "24",
+                   "--max-length", "64", "--batch-size", "4", "--fractions", "0.5", "--measure-full-epoch",
+                   "--out", str(tmp_path / "pace"), "--json", str(tmp_path / "pace.json")])
+    assert json.loads((tmp_path / "pace.json").read_text()) == json.loads(json.dumps(report))
+    row, full = report["warmups"][0], report["full_epoch_seconds"]
+    done = json.loads((tmp_path / "pace" / "pace-0.5" / "warmup" / "model" / "done.json").read_text())
+    by_step = {int(k): v for k, v in done["seconds_by_step"].items()}
+    assert (row["examples"], row["steps"], sorted(by_step)) == (12, 3, [1, 2, 3])  # 12 examples at batch 4
+    # the pool's 24 take 6 steps: 3 more at the pace after the first
+    assert row["estimate_steady_pace"] == pytest.approx(done["seconds"] + (by_step[3] - by_step[1]) / 2 * 3, abs=0.06)
+    # per token: its seconds over its tokens, times the pool's (every example here has an answer token)
+    from grads.data.formats import scan_pool
+    from grads.data.pool import tokenized
+    from grads.infra.models import load_tokenizer
+
+    pool = tokenized(scan_pool(medmcqa_dir / "pool.jsonl", None, 24), load_tokenizer(str(tiny_model_dir)), 24, 64)
+    assert (pool.n_target_tokens > 0).all()
+    assert row["estimate_per_token"] == pytest.approx(done["seconds"] / row["tokens"] * int(pool.n_tokens.sum()),
+                                                      abs=0.06)
+    full_done = json.loads((tmp_path / "pace" / "pace-1" / "warmup" / "model" / "done.json").read_text())
+    assert full == full_done["seconds"] > 0 and full_done["steps"] == 6
+    assert row["error_steady_pace"] == pytest.approx(row["estimate_steady_pace"] / full - 1, abs=1e-3)
+    assert row["error_per_token"] == pytest.approx(row["estimate_per_token"] / full - 1, abs=1e-3)
+
+
 def test_eval_head_benchmark_times_both_ways_and_they_agree(tmp_path, monkeypatch, tiny_model_dir):
     """benchmarks/eval_head.py on the tiny model: the evaluation with the head where a token is scored and with it
     everywhere, each timed; the ratio is that of the best times, and every per-item value agrees."""

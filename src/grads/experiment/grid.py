@@ -11,7 +11,8 @@ DIR/select-theta0, no warm-up) when the experiment warms up; `random@full-steps`
 one run on the full pool (equal compute) instead of the recipe's epochs; `grads@own-warmup` selects, for seed N,
 from the scores after a warm-up of seed N (DIR/select-seed-N; seed 0's is the shared one), so that the seed-paired
 interval covers the method's own variance. Arms are compared like methods:
-seed-paired, against `random` of the same ratio and `full`.
+seed-paired, against `random` of the same ratio and `full`. A warm-up of one recipe epoch on the whole pool is the
+`full` run of its seed: that run adopts the warm-up's model rather than training the same thing again.
 The figures (G_bpb, F_bpb, G_acc, F_acc, G_val) and their intervals are grads.experiment.stats'.
 """
 
@@ -99,6 +100,39 @@ def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
     return out / "data" / "pool.jsonl"
 
 
+def _warmup_source(cfg: ExperimentConfig, seed: int) -> str | None:
+    """The scores source (arms.scores_source) whose warm-up is seed's full-pool fine-tune, when the experiment
+    warms up on the whole pool for the recipe's epochs: seed 0's shared selection, or another seed's own when its
+    @own-warmup arms are planned. None when no warm-up of that seed is planned, or it differs from a full run."""
+    if not cfg.selected_methods() or cfg.warmup_fraction < 1.0 or cfg.warmup_epochs != cfg.train.epochs \
+            or cfg.train.max_steps:
+        return None
+    if seed == 0:
+        return "shared"
+    own = any(run[2] == seed and "own-warmup" in split_arm(run[0])[1] for run in planned_runs(cfg))
+    return scores_source(("own-warmup",), seed) if own else None
+
+
+def _adopted_warmup(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, pool) -> Path | None:
+    """The full arm of seed N trains exactly what seed N's warm-up trained (every pool example with an answer, in
+    pool order, the recipe, seed N): that warm-up's model, when its record says so, is the run's model rather than
+    a second fine-tune of the same thing. None for another arm, or when no such warm-up exists."""
+    from grads.stages.train import training_record
+    from grads.stages.warmup import warmup_folder
+
+    arm, _, seed = run
+    source = _warmup_source(cfg, seed) if arm == "full" else None
+    if source is None:
+        return None
+    model_dir = warmup_folder(out / ("select" if source == "shared" else f"select-{source}")) / "model"
+    if not (model_dir / "done.json").exists():
+        return None
+    done = training_record(model_dir)
+    same = (done["config"] == cfg.train_job(out, seed).train.settings() and done["base_model"] == cfg.model
+            and done["examples"] == int((pool.n_target_tokens > 0).sum()))
+    return model_dir if same else None
+
+
 def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frames: dict, rows, pool,
                tokenizer, log) -> None:
     """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json.
@@ -113,9 +147,13 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
     run_dir = out / "runs" / name
     picked = select(frame, method, ratio, seed, cfg.signal_config())
     rows.write(run_dir / "train.jsonl", picked)
-    log(f"{name}: fine-tuning on {len(picked)} examples")
-    steps = full_pool_steps(cfg, pool) if "full-steps" in modifiers else None
-    model_dir = run_train(cfg.train_job(run_dir, seed, steps), pool.subset(picked), tokenizer, progress=False)
+    adopted = model_dir = _adopted_warmup(cfg, run, out, pool)
+    if adopted is not None:
+        log(f"{name}: the fine-tune on all {len(picked)} examples is seed {seed}'s warm-up ({adopted})")
+    else:
+        log(f"{name}: fine-tuning on {len(picked)} examples")
+        steps = full_pool_steps(cfg, pool) if "full-steps" in modifiers else None
+        model_dir = run_train(cfg.train_job(run_dir, seed, steps), pool.subset(picked), tokenizer, progress=False)
     done_train = training_record(model_dir)
     log(f"{name}: evaluating")
     result = _evaluate_to(run_dir / "eval.json", str(model_dir), cfg, out, log)
@@ -123,7 +161,8 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
         "run": name, "method": arm, "ratio": ratio, "seed": seed, "n_train": int(len(picked)),
         "train_answer_tokens": int(frame["n_target_tokens"].iloc[picked].sum()), "train_steps": done_train["steps"],
         "train_seconds": done_train.get("seconds"), "tasks": result["tasks"], "heldout": result.get("heldout", {}),
-        "train_loss": done_train["train_loss"]})
+        "train_loss": done_train["train_loss"],
+        **({"model_from": str(adopted.relative_to(out))} if adopted is not None else {})})
 
 
 def _same_as_twin(out: Path, run: tuple[str, float | None, int], source: str) -> bool:
@@ -189,7 +228,9 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
         source = scores_source(split_arm(run[0])[1], run[2])
         if _same_as_twin(out, run, source):
             continue
-        if source not in frames:  # an @own-warmup arm's seed: its own warm-up, scores and selection, once
+        if run[0] == "full":  # its seed's warm-up may be this very fine-tune: made first, then adopted
+            source = _warmup_source(cfg, run[2])
+        if source is not None and source not in frames:  # an @own-warmup seed: its warm-up, scores, selection
             log(f"the @own-warmup arms of seed {run[2]}: warming up with that seed")
             run_select(cfg.select_job(pool_path, out / f"select-{source}", seed=run[2]), log=log)
             frames[source] = load_scores(out / f"select-{source}")

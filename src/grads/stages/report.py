@@ -169,8 +169,9 @@ def cost_section(cost: dict | None) -> str:
         verdict = ("No warm-up ran, so nothing measured here says what a fine-tuning epoch on the pool costs: the "
                    "ratio is not given.")
     else:
-        how = "estimated from the warm-up's seconds per token" if cost["ratio_estimated"] else \
-            "measured: the warm-up is that epoch"
+        how = {"measured": "measured: the warm-up is that epoch",
+               "steady pace": "estimated at the warm-up's pace: its seconds per step after the first",
+               }.get(cost.get("full_epoch_from"), "estimated from the warm-up's seconds per token")
         verdict = (f"Selection cost {cost['ratio_to_full_epoch']:.2f}× one fine-tuning epoch on the whole pool with "
                    f"the same recipe ({cost['full_epoch_seconds']:,.1f} s, {how}).")
     return _table(["stage", "seconds", "examples", "tokens"], rows) + f"<p>{html.escape(verdict)}</p>"
