@@ -101,6 +101,18 @@ def random_model_folder(name: str, tokenizer: Path | None, out: Path) -> str:
     return str(folder)
 
 
+def pool_file(data: Path | None, out: Path) -> Path:
+    """The pool: `data`, or the bundled MedMCQA pool prepared once into OUT/data."""
+    out.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        return data
+    from grads.data.bundled import prepare_medmcqa
+
+    if not (out / "data" / "prepare.json").exists():
+        prepare_medmcqa(out / "data")
+    return out / "data" / "pool.jsonl"
+
+
 def select_job(args, model: str, pool: Path, folder: Path, **select):
     from grads.config import DataConfig, ModelConfig, ScoreConfig, SelectConfig, SelectJob, TrainConfig
 
@@ -202,14 +214,7 @@ def measure(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pool = args.data
-    if pool is None:
-        from grads.data.bundled import prepare_medmcqa
-
-        if not (args.out / "data" / "prepare.json").exists():
-            prepare_medmcqa(args.out / "data")
-        pool = args.out / "data" / "pool.jsonl"
+    pool = pool_file(args.data, args.out)
     model = random_model_folder(args.model, args.tokenizer, args.out) if args.model.startswith("random:") \
         else args.model
     load_before = os.getloadavg()
@@ -229,7 +234,9 @@ def measure(args) -> dict:
                       "scoring_seconds": cost["scoring_seconds"], "seconds": round(seconds, 1),
                       "ratio_to_full_epoch": round(seconds / epoch["seconds"], 4), "sitting": sitting(folder),
                       # what selection.json said of itself: its epoch estimated from its own warm-up, and its ratio
-                      "own_estimate": {k: cost[k] for k in ("full_epoch_seconds", "ratio_to_full_epoch")}
+                      "own_estimate": {**{k: cost[k] for k in ("full_epoch_seconds", "ratio_to_full_epoch")},
+                                       # a selection.json older than the key estimated per token
+                                       "full_epoch_from": cost.get("full_epoch_from", "seconds per token")}
                       if cost["ratio_estimated"] and cost["full_epoch_seconds"] else None,
                       **(agreement(folders["default"], folder) if name != "default" else {})}
     noise_folders = {name: folders[name] for name in folders if name.startswith("seed-")}
@@ -311,10 +318,12 @@ def markdown_table(report: dict) -> str:
     lines.append(f"| chance (two random subsets) | | | | {chance['0.05']:.3f} | {chance['0.5']:.3f} | 0 |")
     own = {n: r["own_estimate"] for n, r in report["settings"].items() if r.get("own_estimate")}
     if own:
-        parts = [f"{n} {e['full_epoch_seconds']:.0f} s (its ratio {e['ratio_to_full_epoch']:.2f}, measured "
-                 f"{report['settings'][n]['ratio_to_full_epoch']:.2f})" for n, e in own.items()]
-        lines += ["", "What each fractional warm-up's selection.json estimated from its own seconds per token, "
-                      f"against the measured epoch of {report['full_epoch']['seconds']:.0f} s: {'; '.join(parts)}."]
+        parts = [f"{n} {e['full_epoch_seconds']:.0f} s by {e.get('full_epoch_from', 'seconds per token')} (its "
+                 f"ratio {e['ratio_to_full_epoch']:.2f}, measured {report['settings'][n]['ratio_to_full_epoch']:.2f})"
+                 for n, e in own.items()]
+        lines += ["", "What each fractional warm-up's selection.json estimated the epoch to be (at its steady pace, or "
+                      "from its seconds per token where its done.json predates seconds_by_step), against the "
+                      f"measured epoch of {report['full_epoch']['seconds']:.0f} s: {'; '.join(parts)}."]
     if "proxy" in report:
         proxy = report["proxy"]
         lines += ["", f"As a proxy for {proxy['target']} (its full-pool epoch "

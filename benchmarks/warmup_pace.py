@@ -70,15 +70,10 @@ def train_warmup(args, pool: Path, fraction: float) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pool = args.data
-    if pool is None:
-        from grads.data.bundled import prepare_medmcqa
+    from pipeline_cost import pool_file
 
-        if not (args.out / "data" / "prepare.json").exists():
-            prepare_medmcqa(args.out / "data")
-        pool = args.out / "data" / "pool.jsonl"
+    args = build_parser().parse_args(argv)
+    pool = pool_file(args.data, args.out)
     rows = [train_warmup(args, pool, f) for f in args.fractions]
     if args.measure_full_epoch:
         full, how = train_warmup(args, pool, 1.0)["seconds"], "trained here"

@@ -138,7 +138,8 @@ def test_pipeline_cost_measures_each_setting_and_its_agreement(tmp_path, monkeyp
     assert cheaper["settings"]["select"]["score_max_length"] == 32 and cheaper["cost"]["warmup_examples"] == 12
     # a fractional warm-up's own estimate of the epoch is kept beside the measured ratio (the default's: none)
     assert report["settings"]["warmup-0.5+len-32"]["own_estimate"] == {
-        k: cheaper["cost"][k] for k in ("full_epoch_seconds", "ratio_to_full_epoch")}
+        k: cheaper["cost"][k] for k in ("full_epoch_seconds", "ratio_to_full_epoch", "full_epoch_from")}
+    assert cheaper["cost"]["full_epoch_from"] == "steady pace"
     assert report["settings"]["default"]["own_estimate"] is None
 
     def ids(name, ratio, folder=out):

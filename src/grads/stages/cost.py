@@ -11,11 +11,11 @@ The full epoch is measured when the warm-up is one: one epoch on the whole pool 
 fine-tune (the paper's default). Otherwise it is estimated at the warm-up's steady pace: its own seconds, plus the
 optimizer steps a full epoch has beyond the warm-up's at the seconds per step after its first (the first step also
 bears loading the model and setting up training, which a full epoch pays once too). A warm-up recorded before its
-seconds were kept by step is estimated from its seconds per token over the pool's tokens (this runs high on a short
-warm-up: the start-up cost is spread over few tokens). At θ0 (no warm-up), or when a proxy (--score-model)
-warmed up, nothing measured here says what an epoch of the fine-tuned model costs, and the ratio is null
-(benchmarks/pipeline_cost.py measures it). Tokens are those of the examples with an answer token (the others are
-neither trained on nor scored), prompt and answer both.
+seconds were kept by step is estimated from its seconds per token over the pool's tokens (higher than the pace's
+estimate on every fractional warm-up measured: docs/performance.md, "Selection cost"). At θ0 (no warm-up), or
+when a proxy (--score-model) warmed up, nothing measured here says what an epoch of the fine-tuned model costs,
+and the ratio is null (benchmarks/pipeline_cost.py measures it). Tokens are those of the examples with an answer
+token (the others are neither trained on nor scored), prompt and answer both.
 
 The seconds are read from the stages' own records (the warm-up's done.json, OUT/score/timings.json), so a rerun
 that reuses both writes the same object, and a folder that adopted another's warm-up and scores reports their cost.
