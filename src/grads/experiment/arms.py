@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # theta0: scores of the base model (no warm-up); full-steps: the optimizer steps of one full-pool run (equal
 # compute); own-warmup: scores after a warm-up of the run's own seed (sample and order), so that seed-paired
 # intervals cover the selection's own variance (seed 0's is the shared warm-up)
@@ -14,6 +16,11 @@ def scores_source(modifiers: tuple[str, ...], seed: int) -> str:
     if "theta0" in modifiers:
         return "theta0"
     return f"seed-{seed}" if "own-warmup" in modifiers and seed != 0 else "shared"
+
+
+def selection_folder(out: Path, source: str) -> Path:
+    """The selection folder of a score source: OUT/select (shared), OUT/select-theta0, OUT/select-seed-N."""
+    return out / ("select" if source == "shared" else f"select-{source}")
 
 
 def split_arm(arm: str) -> tuple[str, tuple[str, ...]]:

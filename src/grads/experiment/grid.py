@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from grads.errors import GradsError
-from grads.experiment.arms import run_name, scores_source, split_arm
+from grads.experiment.arms import run_name, scores_source, selection_folder, split_arm
 from grads.experiment.config import GRID_SHAPE, ExperimentConfig, config_from, load_config
 from grads.experiment.tables import write_summary
 from grads.infra import atomic
@@ -113,18 +113,16 @@ def _warmup_source(cfg: ExperimentConfig, seed: int) -> str | None:
     return scores_source(("own-warmup",), seed) if own else None
 
 
-def _adopted_warmup(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, pool) -> Path | None:
+def _adopted_warmup(cfg: ExperimentConfig, seed: int, out: Path, pool, source: str | None) -> Path | None:
     """The full arm of seed N trains exactly what seed N's warm-up trained (every pool example with an answer, in
-    pool order, the recipe, seed N): that warm-up's model, when its record says so, is the run's model rather than
-    a second fine-tune of the same thing. None for another arm, or when no such warm-up exists."""
+    pool order, the recipe, seed N): that warm-up's model (`source`: _warmup_source's), when its record says so, is
+    the run's model rather than a second fine-tune of the same thing. None when there is no such warm-up."""
     from grads.stages.train import training_record
     from grads.stages.warmup import warmup_folder
 
-    arm, _, seed = run
-    source = _warmup_source(cfg, seed) if arm == "full" else None
     if source is None:
         return None
-    model_dir = warmup_folder(out / ("select" if source == "shared" else f"select-{source}")) / "model"
+    model_dir = warmup_folder(selection_folder(out, source)) / "model"
     if not (model_dir / "done.json").exists():
         return None
     done = training_record(model_dir)
@@ -134,9 +132,10 @@ def _adopted_warmup(cfg: ExperimentConfig, run: tuple[str, float | None, int], o
 
 
 def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: Path, frames: dict, rows, pool,
-               tokenizer, log) -> None:
+               tokenizer, log, warmup_source: str | None = None) -> None:
     """One run: its subset (train.jsonl), the fine-tune, the evaluation, and OUT/runs/<run>/results.json.
-    frames: the score tables by source (arms.scores_source)."""
+    frames: the score tables by source (arms.scores_source); warmup_source: for a full run, the source whose
+    warm-up may be its fine-tune (_warmup_source)."""
     from grads.core.rules import select
     from grads.stages.train import run_train, training_record
 
@@ -147,7 +146,7 @@ def _fine_tune(cfg: ExperimentConfig, run: tuple[str, float | None, int], out: P
     run_dir = out / "runs" / name
     picked = select(frame, method, ratio, seed, cfg.signal_config())
     rows.write(run_dir / "train.jsonl", picked)
-    adopted = model_dir = _adopted_warmup(cfg, run, out, pool)
+    adopted = model_dir = _adopted_warmup(cfg, seed, out, pool, warmup_source)
     if adopted is not None:
         log(f"{name}: the fine-tune on all {len(picked)} examples is seed {seed}'s warm-up ({adopted})")
     else:
@@ -232,9 +231,9 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
             source = _warmup_source(cfg, run[2])
         if source is not None and source not in frames:  # an @own-warmup seed: its warm-up, scores, selection
             log(f"the @own-warmup arms of seed {run[2]}: warming up with that seed")
-            run_select(cfg.select_job(pool_path, out / f"select-{source}", seed=run[2]), log=log)
-            frames[source] = load_scores(out / f"select-{source}")
-        _fine_tune(cfg, run, out, frames, rows, pool, tokenizer, log)
+            run_select(cfg.select_job(pool_path, selection_folder(out, source), seed=run[2]), log=log)
+            frames[source] = load_scores(selection_folder(out, source))
+        _fine_tune(cfg, run, out, frames, rows, pool, tokenizer, log, source if run[0] == "full" else None)
         done += 1
         write_summary(out, cfg, base)
     write_summary(out, cfg, base)
