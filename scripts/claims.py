@@ -23,7 +23,15 @@ import math
 from pathlib import Path
 
 from grads.experiment.config import load_config
-from grads.experiment.stats import detectable_difference, figures_by_run, holm, load_runs, paired, paired_p_value
+from grads.experiment.stats import (
+    detectable_difference,
+    figures_by_run,
+    has_spread,
+    holm,
+    load_runs,
+    paired,
+    paired_p_value,
+)
 from grads.experiment.tables import with_interval
 
 LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F_bpb_bytes", "F")
@@ -81,7 +89,7 @@ ALPHA = 0.05
 
 def verdict(interval: tuple[float, float], sign: int) -> str:
     """'supports' when the interval lies on the claim's side of 0 (sign +1: above, −1: below), 'contradicts' when
-    on the other side, 'cannot tell' when it holds 0 (or is undefined: fewer than two pairs)."""
+    on the other side, 'cannot tell' when it holds 0 (or is undefined: fewer than two pairs, or no spread)."""
     low, high = interval
     if not low <= high:  # NaN
         return "cannot tell"
@@ -94,8 +102,9 @@ def verdict(interval: tuple[float, float], sign: int) -> str:
 
 def resolution(row: dict, figure: str, digits: int) -> str:
     """The smallest true difference these pairs would find with power 0.8 (α = 0.05 two-sided), from the spread
-    of the observed paired differences: what a 'cannot tell' rules out. '—' with fewer than two pairs."""
-    if row["n_pairs"] < 2:
+    of the observed paired differences: what a 'cannot tell' rules out. '—' with fewer than two pairs or no spread
+    (every pair the same: nothing to size the noise by)."""
+    if row["n_pairs"] < 2 or not has_spread(row[f"d{figure}_std"]):
         return "—"
     return f"{detectable_difference(row[f'd{figure}_std'], row['n_pairs']):.{digits}f}"
 

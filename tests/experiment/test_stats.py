@@ -44,6 +44,9 @@ def test_confidence_interval_is_the_t_interval_over_seeds():
     half = 4.302652729911275 * sd / 3 ** 0.5  # t(0.975, 2 degrees of freedom), from a t table
     assert confidence_interval(values) == pytest.approx((mean - half, mean + half))
     assert all(math.isnan(x) for x in confidence_interval([0.1]))
+    assert all(math.isnan(x) for x in confidence_interval([0.0125, 0.0125]))  # no spread: no interval
+    rounding = [0.71 - 0.66, 0.17 - 0.12, 0.30 - 0.25]  # 0.05 three ways, apart by rounding alone
+    assert len(set(rounding)) > 1 and all(math.isnan(x) for x in confidence_interval(rounding))
 
 
 def test_aggregate_means_and_sample_std_over_seeds():

@@ -54,8 +54,11 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     runs = tmp_path / "grid" / "runs"
     for seed, (g5, g50, r5) in enumerate([(1.25, 1.10, 1.27), (1.24, 1.12, 1.22), (1.26, 1.13, 1.27)]):
         for method, ratio, held in [("grads", 0.05, g5), ("grads", 0.5, g50), ("random", 0.05, r5)]:
+            # grads-0.5's accuracy is full's + 0.05 at every seed: pairs without spread
+            accuracy = 0.30 + 0.01 * seed if (method, ratio) == ("grads", 0.5) else 0.25
             run = {"run": f"{method}-{ratio:g}-s{seed}", "method": method, "ratio": ratio, "seed": seed,
-                   "tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.71}}, "heldout": {"h": {"bpb": held}}}
+                   "tasks": {"medmcqa": {"accuracy": accuracy}, "gsm8k": {"bpb": 0.71}},
+                   "heldout": {"h": {"bpb": held}}}
             (runs / run["run"]).mkdir()
             (runs / run["run"] / "results.json").write_text(json.dumps(run))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
@@ -82,6 +85,12 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     # the control, random-0.05 − full: −0.07, −0.01, −0.05 (sd 0.0306): holds 0
     assert cells[("random-0.05 − full", "G_bpb")] == ("-0.0433 [-0.1192, +0.0326] not distinguishable", "cannot tell")
     assert ("grads@full-steps-0.05 − full", "G_bpb") not in cells  # an arm the folder lacks is left out
+    # three pairs that differ by the same +0.05 (a discrete measure can): no spread, so no interval, no test and
+    # no resolution; never "supports"
+    assert cells[("grads-0.5 − full", "G_acc")] == ("+0.050 (no spread: all 3 pairs the same; no interval)",
+                                                   "cannot tell")
+    assert p_value[("grads-0.5 − full", "G_acc")] == "—" and holm[("grads-0.5 − full", "G_acc")] == "—"
+    assert resolution[("grads-0.5 − full", "G_acc")] == "— |"
     # the paired t test of −0.05, −0.03, −0.04 (p = 0.020), and Holm over the family (every row but the
     # controls, '—' there): the k-th smallest p of m is rejected while each so far is ≤ α/(m − k + 1)
     p = ttest_1samp([-0.05, -0.03, -0.04], 0.0).pvalue

@@ -91,12 +91,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def has_spread(sd: float) -> bool:
+    """Whether values vary beyond floating-point rounding (differences of the same fractions can differ by 1e-17)."""
+    return sd > 1e-12
+
+
 def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """The t interval of the mean of `values` (NaN with fewer than two)."""
+    """The t interval of the mean of `values`: NaN with fewer than two, and when every value is the same (a t
+    interval needs a spread; a discrete measure, such as accuracy on 100 items, gives equal values over a few seeds
+    by chance, and an interval of zero width would claim certainty)."""
     values = [v for v in values if not math.isnan(v)]
     if len(values) < 2:
         return math.nan, math.nan
     mean, sd = statistics.fmean(values), statistics.stdev(values)
+    if not has_spread(sd):
+        return math.nan, math.nan
     half = student_t.ppf(0.5 + level / 2, len(values) - 1) * sd / math.sqrt(len(values))
     return mean - half, mean + half
 
@@ -110,12 +119,11 @@ def detectable_difference(sd_difference: float, n_seeds: int, alpha: float = 0.0
 
 
 def paired_p_value(mean: float, sd: float, n: int) -> float:
-    """Two-sided p-value of the paired t test of a mean difference over n pairs (NaN with fewer than two; 0 when
-    every pair differs by the same nonzero amount)."""
-    if n < 2 or math.isnan(mean) or math.isnan(sd):
+    """Two-sided p-value of the paired t test of a mean difference over n pairs: NaN with fewer than two, and when
+    every pair differs by the same amount (no spread to test against: untestable, not certain; see
+    confidence_interval)."""
+    if n < 2 or math.isnan(mean) or math.isnan(sd) or not has_spread(sd):
         return math.nan
-    if sd == 0:
-        return 0.0 if mean else 1.0
     return float(2 * student_t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
 
 

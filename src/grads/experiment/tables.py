@@ -41,12 +41,14 @@ def pm(mean: float, std: float | None = None, digits: int = 3) -> str:
 
 
 def with_interval(row: dict, name: str, digits: int = 3) -> str:
-    """'+0.012 [+0.004, +0.020]', marked 'not distinguishable' when the interval holds 0."""
+    """'+0.012 [+0.004, +0.020]', marked 'not distinguishable' when the interval holds 0; without an interval, why:
+    one seed, or pairs that all differ by the same amount (no spread)."""
     mean, (lo, hi) = row[f"d{name}_mean"], row[f"d{name}_ci95"]
     if math.isnan(mean):
         return "–"
     if math.isnan(lo):
-        return f"{mean:+.{digits}f} (one seed)"
+        return f"{mean:+.{digits}f} " + ("(one seed)" if row["n_pairs"] < 2 else
+                                          f"(no spread: all {row['n_pairs']} pairs the same; no interval)")
     text = f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     return text + (" not distinguishable" if lo <= 0 <= hi else "")
 
