@@ -104,9 +104,10 @@ def resolution(row: dict, figure: str, digits: int) -> str:
     """The smallest true difference these pairs would find with power 0.8 (α = 0.05 two-sided), from the spread
     of the observed paired differences: what a 'cannot tell' rules out. '—' with fewer than two pairs or no spread
     (every pair the same: nothing to size the noise by)."""
-    if row["n_pairs"] < 2 or not has_spread(row[f"d{figure}_std"]):
+    n = row[f"d{figure}_n"]
+    if n < 2 or not has_spread(row[f"d{figure}_std"]):
         return "—"
-    return f"{detectable_difference(row[f'd{figure}_std'], row['n_pairs']):.{digits}f}"
+    return f"{detectable_difference(row[f'd{figure}_std'], n):.{digits}f}"
 
 
 def name(arm: tuple[str, float | None]) -> str:
@@ -131,7 +132,7 @@ def entries(out: Path) -> list[dict]:
     for claim, arm, reference, figures in COMPARISONS:
         row = paired(by_run, arm, reference)
         for figure in figures if row["n_pairs"] else ():
-            p = paired_p_value(row[f"d{figure}_mean"], row[f"d{figure}_std"], row["n_pairs"])
+            p = paired_p_value(row[f"d{figure}_mean"], row[f"d{figure}_std"], row[f"d{figure}_n"])
             found.append({"claim": claim, "arm": arm, "reference": reference, "figure": figure, "row": row,
                           "p": math.nan if claim.startswith("control") else p})
     for entry, rejects in zip(found, holm([e["p"] for e in found], ALPHA)):

@@ -99,3 +99,21 @@ def test_detectable_difference_is_the_paired_t_formula():
     # t(0.975, 4) = 2.7764, t(0.80, 4) = 0.9410 (t tables): (2.7764 + 0.9410) · 0.01 / √5
     assert detectable_difference(0.01, 5) == pytest.approx((2.776445 + 0.940965) * 0.01 / 5 ** 0.5, rel=1e-5)
     assert detectable_difference(0.01, 10) < detectable_difference(0.01, 5)
+
+
+def test_a_figure_measured_at_fewer_seeds_counts_its_own_pairs():
+    """Held-out bpb measured at seed 0 only (seed 1's runs lack the file): its difference has one pair, so the
+    table says 'one seed' rather than 'no spread', while G has both pairs."""
+    from grads.experiment.tables import with_interval
+
+    def run(method, seed, med, heldout=None):
+        r = {"method": method, "ratio": 0.05, "seed": seed, "tasks": tasks(med=med, qa=0.2, arc=0.5, piqa=0.6)}
+        return r | ({"heldout": {"exp": {"bpb": heldout}}} if heldout is not None else {})
+
+    base = BASE | {"heldout": {"exp": {"bpb": 1.5}}}
+    runs = [run("grads", 0, 0.34, 1.40), run("grads", 1, 0.40), run("random", 0, 0.30, 1.45), run("random", 1, 0.32)]
+    row = paired_differences(runs, base, EV, reference="random")[0]
+    assert row["n_pairs"] == 2 and row["dG_n"] == 2 and row["dG_bpb_n"] == 1
+    assert row["dG_bpb_mean"] == pytest.approx(0.05)  # (1.5 - 1.40) - (1.5 - 1.45)
+    assert with_interval(row, "G_bpb") == "+0.050 (one seed)"
+    assert with_interval(row, "G").startswith("+0.030 [")

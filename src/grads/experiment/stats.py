@@ -180,15 +180,17 @@ def figures_by_run(results: list[dict], base: dict, ev) -> dict[tuple[str, float
 
 
 def paired(by_run: dict, arm: tuple[str, float | None], reference: tuple[str, float | None]) -> dict:
-    """`arm` minus `reference` (each a (method, ratio)) over the seeds both have: n_pairs, per figure the mean,
-    std and 95% interval of the difference (d<figure>_mean, _std, _ci95), and each seed's differences under
-    "per_seed". Pairing removes what a seed's two runs share (the evaluation items, the training order)."""
+    """`arm` minus `reference` (each a (method, ratio)) over the seeds both have: n_pairs, per figure the number of
+    pairs that measure it, the mean, std and 95% interval of the difference (d<figure>_n, _mean, _std, _ci95), and
+    each seed's differences under "per_seed" (a figure's pairs are fewer than n_pairs where a run lacks its tasks).
+    Pairing removes what a seed's two runs share (the evaluation items, the training order)."""
     per_seed = {seed: {k: mine[k] - by_run[(*reference, seed)][k] for k in FIGURES}
                 for (method, ratio, seed), mine in sorted(by_run.items(), key=lambda kv: kv[0][2])
                 if (method, ratio) == arm and (*reference, seed) in by_run}
     row = {"n_pairs": len(per_seed), "per_seed": per_seed}
     for name in FIGURES:
-        values = [d[name] for d in per_seed.values()]
+        values = [d[name] for d in per_seed.values() if not math.isnan(d[name])]
+        row[f"d{name}_n"] = len(values)
         row[f"d{name}_mean"], row[f"d{name}_std"] = mean_std(values)
         row[f"d{name}_ci95"] = confidence_interval(values)
     return row

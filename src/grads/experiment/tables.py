@@ -47,8 +47,8 @@ def with_interval(row: dict, name: str, digits: int = 3) -> str:
     if math.isnan(mean):
         return "–"
     if math.isnan(lo):
-        return f"{mean:+.{digits}f} " + ("(one seed)" if row["n_pairs"] < 2 else
-                                          f"(no spread: all {row['n_pairs']} pairs the same; no interval)")
+        n = row[f"d{name}_n"]
+        return f"{mean:+.{digits}f} " + ("(one seed)" if n < 2 else f"(no spread: all {n} pairs the same; no interval)")
     text = f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     return text + (" not distinguishable" if lo <= 0 <= hi else "")
 
