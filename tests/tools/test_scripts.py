@@ -116,6 +116,30 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     assert verdicts[("grads", "0.05", "full", "G_bpb")] == (cells[("grads-0.05 − full", "G_bpb")][0],
                                                            holm[("grads-0.05 − full", "G_bpb")])
 
+    # `length` has no length-matched control (the longest examples are their own stratum): its verdict rows are
+    # against random data of its count and the whole pool, and GrADS is read against it
+    for seed, (length, random) in enumerate([(1.15, 1.20), (1.16, 1.20), (1.15, 1.21)]):
+        for method, held in [("length", length), ("random", random)]:
+            run = {"run": f"{method}-0.5-s{seed}", "method": method, "ratio": 0.5, "seed": seed,
+                   "tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.71}}, "heldout": {"h": {"bpb": held}}}
+            (runs / run["run"]).mkdir()
+            (runs / run["run"] / "results.json").write_text(json.dumps(run))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid"), "--verdict"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    verdicts = {(c[0].strip("| "), c[1], c[2], c[4]): c[5] for c in
+                (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    assert {key for key in verdicts if key[0] == "length"} == {
+        ("length", "0.5", "random-0.5", "G_bpb"), ("length", "0.5", "random-0.5", "F_bpb"),
+        ("length", "0.5", "full", "G_bpb"), ("length", "0.5", "full", "F_bpb")}
+    # length − random, G_bpb per seed: +0.05, +0.04, +0.06: mean +0.05, sd 0.01 (t(0.975, 2) = 4.3027)
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5
+    assert verdicts[("length", "0.5", "random-0.5", "G_bpb")] == f"+0.0500 [{0.05 - half:+.4f}, {0.05 + half:+.4f}]"
+    claims = {(c[1], c[3]): c[0].strip("| ") for c in (line.split(" | ") for line in
+              subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
+                             capture_output=True, text=True, timeout=120).stdout.splitlines()[2:])}
+    assert claims[("grads-0.5 − length-0.5", "G_bpb")] == "grads against length"
+
 
 def scores(folder: Path, n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
