@@ -21,6 +21,16 @@ from grads.experiment.stats import detectable_difference
 pytestmark = pytest.mark.e2e
 
 
+def script_module(name: str):
+    """scripts/NAME.py imported as a module (its functions, without a child process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_pilot(folder: Path, held: list[float]) -> None:
     (folder / "runs" / "base").mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({
@@ -124,20 +134,17 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
                    "tasks": {"medmcqa": {"accuracy": 0.25}, "gsm8k": {"bpb": 0.71}}, "heldout": {"h": {"bpb": held}}}
             (runs / run["run"]).mkdir()
             (runs / run["run"] / "results.json").write_text(json.dumps(run))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid"), "--verdict"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    claims_script = script_module("claims")  # in this process: the command line was run above
     verdicts = {(c[0].strip("| "), c[1], c[2], c[4]): c[5] for c in
-                (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+                (line.split(" | ") for line in claims_script.verdict_rows(tmp_path / "grid")[2:])}
     assert {key for key in verdicts if key[0] == "length"} == {
         ("length", "0.5", "random-0.5", "G_bpb"), ("length", "0.5", "random-0.5", "F_bpb"),
         ("length", "0.5", "full", "G_bpb"), ("length", "0.5", "full", "F_bpb")}
     # length − random, G_bpb per seed: +0.05, +0.04, +0.06: mean +0.05, sd 0.01 (t(0.975, 2) = 4.3027)
     half = 4.302652729911275 * 0.01 / 3 ** 0.5
     assert verdicts[("length", "0.5", "random-0.5", "G_bpb")] == f"+0.0500 [{0.05 - half:+.4f}, {0.05 + half:+.4f}]"
-    claims = {(c[1], c[3]): c[0].strip("| ") for c in (line.split(" | ") for line in
-              subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid")],
-                             capture_output=True, text=True, timeout=120).stdout.splitlines()[2:])}
+    claims = {(c[1], c[3]): c[0].strip("| ") for c in
+              (line.split(" | ") for line in claims_script.rows(tmp_path / "grid")[2:])}
     assert claims[("grads-0.5 − length-0.5", "G_bpb")] == "grads against length"
 
 
