@@ -89,7 +89,6 @@ COMPARISONS = [
 # primary figures (held-out likelihood gained, general likelihood lost); its Holm verdicts are the full table's.
 # A rule without a matched control (UNMATCHED) is read against plain random data of its count instead.
 PRIMARY = ("G_bpb", "F_bpb")
-VERDICT_REFERENCES = ("random-matched", "full")
 UNMATCHED = {"length": "random"}
 ALPHA = 0.05
 
@@ -174,9 +173,8 @@ def verdict_rows(out: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for e in entries(out):
         reference = e["reference"][0].split("@")[0].split(":")[0]
-        method = e["arm"][0].split("@")[0]
-        references = tuple(UNMATCHED.get(method, r) if r == "random-matched" else r for r in VERDICT_REFERENCES)
-        if e["figure"] not in PRIMARY or reference not in references or e["claim"].startswith("control"):
+        matched = UNMATCHED.get(e["arm"][0].split("@")[0], "random-matched")
+        if e["figure"] not in PRIMARY or reference not in (matched, "full") or e["claim"].startswith("control"):
             continue
         row, figure = e["row"], e["figure"]
         lines.append(f"| {e['arm'][0]} | {e['arm'][1]:g} | {name(e['reference'])} | {row['n_pairs']} | "
