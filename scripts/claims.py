@@ -168,16 +168,16 @@ def rows(out: Path) -> list[str]:
 
 def verdict_rows(out: Path) -> list[str]:
     """The verdict table: each rule (and arm of it) against its matched random data and against the whole pool,
-    on the primary figures, with the Holm verdicts of the whole family."""
-    lines = ["| rule | ratio | against | pairs | figure | difference [95% interval] | verdict (Holm) | resolution |",
-             "|---|---|---|---|---|---|---|---|"]
+    on the primary figures, with the claim each row tests and the Holm verdicts of the whole family."""
+    lines = ["| claim | rule | ratio | against | pairs | figure | difference [95% interval] | verdict (Holm) | "
+             "resolution |", "|---|---|---|---|---|---|---|---|---|"]
     for e in entries(out):
         reference = e["reference"][0].split("@")[0].split(":")[0]
         matched = UNMATCHED.get(e["arm"][0].split("@")[0], "random-matched")
         if e["figure"] not in PRIMARY or reference not in (matched, "full") or e["claim"].startswith("control"):
             continue
         row, figure = e["row"], e["figure"]
-        lines.append(f"| {e['arm'][0]} | {e['arm'][1]:g} | {name(e['reference'])} | {row['n_pairs']} | "
+        lines.append(f"| {e['claim']} | {e['arm'][0]} | {e['arm'][1]:g} | {name(e['reference'])} | {row['n_pairs']} | "
                      f"{LABELS[figure]} | {with_interval(row, figure, _digits(figure))} | {e['holm']} | "
                      f"{resolution(row, figure, _digits(figure))} |")
     return lines

@@ -119,8 +119,12 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid"), "--verdict"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    verdicts = {(c[0].strip("| "), c[1], c[2], c[4]): (c[5], c[6]) for c in
+    verdicts = {(c[1], c[2], c[3], c[5]): (c[6], c[7]) for c in
                 (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    tested = {(c[1], c[2], c[3], c[5]): c[0].strip("| ") for c in
+              (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    assert tested[("grads", "0.05", "full", "G_bpb")] == "1. 5% beats the whole pool"
+    assert tested[("grads", "0.5", "full", "F_bpb")] == "3. less forgetting than the whole pool"
     assert set(verdicts) == {("grads", "0.05", "full", "G_bpb"), ("grads", "0.5", "full", "G_bpb"),
                              ("grads", "0.05", "full", "F_bpb"), ("grads", "0.5", "full", "F_bpb")}
     assert verdicts[("grads", "0.05", "full", "G_bpb")] == (cells[("grads-0.05 − full", "G_bpb")][0],
@@ -135,7 +139,7 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
             (runs / run["run"]).mkdir()
             (runs / run["run"] / "results.json").write_text(json.dumps(run))
     claims_script = script_module("claims")  # in this process: the command line was run above
-    verdicts = {(c[0].strip("| "), c[1], c[2], c[4]): c[5] for c in
+    verdicts = {(c[1], c[2], c[3], c[5]): c[6] for c in
                 (line.split(" | ") for line in claims_script.verdict_rows(tmp_path / "grid")[2:])}
     assert {key for key in verdicts if key[0] == "length"} == {
         ("length", "0.5", "random-0.5", "G_bpb"), ("length", "0.5", "random-0.5", "F_bpb"),
