@@ -119,10 +119,9 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), str(tmp_path / "grid"), "--verdict"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    verdicts = {(c[1], c[2], c[3], c[5]): (c[6], c[7]) for c in
-                (line.split(" | ") for line in done.stdout.splitlines()[2:])}
-    tested = {(c[1], c[2], c[3], c[5]): c[0].strip("| ") for c in
-              (line.split(" | ") for line in done.stdout.splitlines()[2:])}
+    table = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    verdicts = {(c[1], c[2], c[3], c[5]): (c[6], c[7]) for c in table}
+    tested = {(c[1], c[2], c[3], c[5]): c[0].strip("| ") for c in table}
     assert tested[("grads", "0.05", "full", "G_bpb")] == "1. 5% beats the whole pool"
     assert tested[("grads", "0.5", "full", "F_bpb")] == "3. less forgetting than the whole pool"
     assert set(verdicts) == {("grads", "0.05", "full", "G_bpb"), ("grads", "0.5", "full", "G_bpb"),
