@@ -183,3 +183,31 @@ def test_subset_profile_script_refuses_different_pools(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "subset_profile.py"), "--theta1", str(theta1),
                            "--theta0", str(theta0)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "rows differ" in done.stderr
+
+
+def test_grid_cost_script_sums_the_seconds_each_run_and_selection_left(tmp_path):
+    grid = tmp_path / "grid"
+    runs = {  # name: (train_seconds, eval seconds, model_from)
+        "grads-0.05-s0": (360.0, 180.0, None), "grads-0.05-s1": (720.0, 360.0, None),
+        "random-0.05-s0": (1800.0, 0.0, None), "full-s0": (9000.0, 3600.0, "select-seed-0/warmup/model"),
+    }
+    for name, (train, evaluation, model_from) in runs.items():
+        (grid / "runs" / name).mkdir(parents=True)
+        result = {"run": name, "train_seconds": train} | ({"model_from": model_from} if model_from else {})
+        (grid / "runs" / name / "results.json").write_text(json.dumps(result))
+        (grid / "runs" / name / "eval.json").write_text(json.dumps({"seconds": evaluation}))
+    (grid / "runs" / "base").mkdir()
+    (grid / "runs" / "base" / "results.json").write_text(json.dumps({"run": "base"}))
+    (grid / "runs" / "grads-0.5-s0").mkdir()  # unfinished: no results.json
+    for name, warmup, scoring in (("select", 3600.0, 1800.0), ("select-seed-1", 7200.0, 3600.0)):
+        (grid / name).mkdir()
+        (grid / name / "timings.json").write_text(json.dumps({"warmup_s": warmup, "scoring_s": scoring,
+                                                              "reused": ["warmup", "scoring"]}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "grid_cost.py"), str(grid), "--runs", "grads*",
+                           "full*", "--select", "select-seed-*"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
+    # full-s0 adopted its warm-up's model: it trained nothing, its evaluation counts
+    assert rows == ["| full | 1 | 0.00 | 1.00 | 1.00 |", "| grads-0.05 | 2 | 0.30 | 0.15 | 0.45 |",
+                    "| select-seed-1 | 1 | 2.00 | 1.00 | 3.00 |"]
+    assert done.stdout.rstrip().endswith("total: 4.5 CPU h over 3 runs and 1 selections")
