@@ -39,16 +39,24 @@ class EveryPosition(torch.nn.Module):
 def run(model, tokenizer, heldout, args) -> tuple[float, dict[str, list[float]]]:
     """Seconds of one evaluation, and every per-item value it produced (gold NLL per task item, held-out NLL)."""
     started = time.perf_counter()
-    results = evaluate(model, tokenizer, TASKS, args.limit, batch_size=args.batch_size)
+    results = evaluate(model, tokenizer, args.tasks, args.limit, batch_size=args.batch_size)
     _, frame = score_heldout(model, heldout, args.batch_size, tokenizer)
     seconds = time.perf_counter() - started
     values = {task: [item["gold_nll"] for item in result["items"]] for task, result in results.items()}
     return seconds, values | {"heldout": frame["nll"].tolist()}
 
 
+def heldout_explanations(tokenizer, max_length: int, limit: int):
+    """The bundled held-out MedMCQA explanations (the claims grid's held-out file), tokenised."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bundled.prepare_medmcqa(Path(tmp))
+        return read_heldout(Path(tmp) / "heldout_explanations.jsonl", tokenizer, max_length, limit)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--tasks", nargs="+", default=TASKS, help="the tasks (default: the claims grid's)")
     parser.add_argument("--limit", type=int, default=20, help="questions per task")
     parser.add_argument("--heldout-limit", type=int, default=40, help="held-out MedMCQA explanations")
     parser.add_argument("--max-length", type=int, default=256)
@@ -57,10 +65,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        bundled.prepare_medmcqa(Path(tmp))
-        heldout = read_heldout(Path(tmp) / "heldout_explanations.jsonl", tokenizer, args.max_length,
-                               args.heldout_limit)
+    heldout = heldout_explanations(tokenizer, args.max_length, args.heldout_limit)
     seconds: dict[str, list[float]] = {"scored positions": [], "every position": []}
     values = {}
     for _ in range(args.repeats):
@@ -70,7 +75,7 @@ def main(argv=None) -> dict:
     a, b = values["scored positions"], values["every position"]
     diff = max(abs(x - y) / max(abs(y), 1e-12) for key in a for x, y in zip(a[key], b[key]))
     best = {name: min(s) for name, s in seconds.items()}
-    report = {"model": args.model, "tasks": TASKS, "limit": args.limit, "heldout_limit": args.heldout_limit,
+    report = {"model": args.model, "tasks": args.tasks, "limit": args.limit, "heldout_limit": args.heldout_limit,
               "batch_size": args.batch_size, "threads": torch.get_num_threads(), "seconds": seconds,
               "ratio": round(best["scored positions"] / best["every position"], 3),
               "max_relative_difference": diff, "n_values": sum(len(v) for v in a.values())}

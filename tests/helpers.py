@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def tiny_qwen2(vocab_size: int = 97, seed: int = 0, tied: bool = True):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=tied)
     return Qwen2ForCausalLM(config).eval()
+
+
+def lora_adapter(model_dir: Path, folder: Path, base: str | None = None) -> Path:
+    """A PEFT LoRA adapter (random B, so it changes the model) on the model in `model_dir`, saved in `folder` and
+    naming `base` (default: `model_dir`) as its base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          init_lora_weights=False))
+    model.save_pretrained(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base or str(model_dir)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
 
 
 def untied_copy(model):

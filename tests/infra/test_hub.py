@@ -13,36 +13,17 @@ import json
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import ENV, write_jsonl
+from helpers import ENV, lora_adapter, write_jsonl
 from hub_server import HubServer, Repo
 
 MODEL, DATA, ADAPTER = "acme/tiny-gated", "acme/tiny-sft", "acme/tiny-lora"
 TOKEN = "hf_MARKERtokenNEVERwritten0123456789"  # the test's HF_TOKEN: searched for in every output
 TIMEOUT = 300  # seconds per child process
-
-
-def lora_adapter(model_dir: Path, folder: Path, base: str) -> Path:
-    """A PEFT LoRA adapter (random B, so it changes the model) on the model in `model_dir`, naming `base`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
-        warnings.simplefilter("ignore", FutureWarning)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                          init_lora_weights=False))
-    model.save_pretrained(folder)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": base}))
-    return folder
 
 
 @pytest.fixture(scope="module")
