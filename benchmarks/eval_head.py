@@ -53,8 +53,9 @@ def heldout_explanations(tokenizer, max_length: int, limit: int):
         return read_heldout(Path(tmp) / "heldout_explanations.jsonl", tokenizer, max_length, limit)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every evaluation benchmark takes (--model's default, the tasks, sizes, repeats, --json)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tasks", nargs="+", default=TASKS, help="the tasks (default: the claims grid's)")
     parser.add_argument("--limit", type=int, default=20, help="questions per task")
@@ -63,27 +64,39 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=EvalConfig().batch_size)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    tokenizer, model = load_tokenizer(args.model), load_model(args.model, device="cpu")
+    return parser
+
+
+def side_by_side(ways: dict, tokenizer, args, **about) -> dict:
+    """Two ways of evaluating ({name: model}, the first the one measured) timed alternately, best of
+    args.repeats: the report (`about` first), printed and written to args.json."""
     heldout = heldout_explanations(tokenizer, args.max_length, args.heldout_limit)
-    seconds: dict[str, list[float]] = {"scored positions": [], "every position": []}
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
     values = {}
     for _ in range(args.repeats):
-        for name, lm in (("scored positions", model), ("every position", EveryPosition(model))):
+        for name, lm in ways.items():
             took, values[name] = run(lm, tokenizer, heldout, args)
             seconds[name].append(round(took, 2))
-    a, b = values["scored positions"], values["every position"]
+    first, second = ways
+    a, b = values[first], values[second]
     diff = max(abs(x - y) / max(abs(y), 1e-12) for key in a for x, y in zip(a[key], b[key]))
     best = {name: min(s) for name, s in seconds.items()}
-    report = {"model": args.model, "tasks": args.tasks, "limit": args.limit, "heldout_limit": args.heldout_limit,
+    report = {**about, "tasks": args.tasks, "limit": args.limit, "heldout_limit": args.heldout_limit,
               "batch_size": args.batch_size, "threads": torch.get_num_threads(), "seconds": seconds,
-              "ratio": round(best["scored positions"] / best["every position"], 3),
+              "ratio": round(best[first] / best[second], 3),
               "max_relative_difference": diff, "n_values": sum(len(v) for v in a.values())}
-    print(f"scored positions {best['scored positions']:.1f} s, every position {best['every position']:.1f} s: "
+    print(f"{first} {best[first]:.1f} s, {second} {best[second]:.1f} s: "
           f"{report['ratio']:.3f}x; largest relative difference of {report['n_values']} values {diff:.1e}")
     if args.json:
         atomic.write_json(args.json, report)
     return report
+
+
+def main(argv=None) -> dict:
+    args = arguments(__doc__).parse_args(argv)
+    tokenizer, model = load_tokenizer(args.model), load_model(args.model, device="cpu")
+    return side_by_side({"scored positions": model, "every position": EveryPosition(model)}, tokenizer, args,
+                        model=args.model)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ linear layer) and random weights in both factors, so that it changes the model a
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
-from eval_head import TASKS, heldout_explanations, run
+from eval_head import arguments, side_by_side
 
-from grads.config import EvalConfig, TrainConfig
-from grads.infra import atomic
+from grads.config import TrainConfig
 from grads.infra.models import load_model, load_tokenizer
 
 
@@ -39,44 +37,19 @@ def random_adapter(model_name: str, folder: Path) -> Path:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="the base (when no --adapter is given)")
-    parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder (a grads train output's model/)")
-    parser.add_argument("--tasks", nargs="+", default=TASKS, help="the tasks (default: the claims grid's)")
-    parser.add_argument("--limit", type=int, default=20, help="questions per task")
-    parser.add_argument("--heldout-limit", type=int, default=40, help="held-out MedMCQA explanations")
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=EvalConfig().batch_size)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--json", type=Path)
+    parser = arguments(__doc__)
+    parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder (a grads train output's model/); "
+                        "default: one made on --model")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = str(args.adapter or random_adapter(args.model, Path(tmp) / "adapter"))
         tokenizer = load_tokenizer(adapter)
-        heldout = heldout_explanations(tokenizer, args.max_length, args.heldout_limit)
         as_loaded = load_model(adapter, device="cpu")
         if not hasattr(as_loaded, "merge_and_unload"):
             raise SystemExit(f"error: {adapter} is not a LoRA adapter (PEFT loaded no adapter)")
         merged = load_model(adapter, device="cpu").merge_and_unload()
-    seconds: dict[str, list[float]] = {"merged": [], "as loaded": []}
-    values = {}
-    for _ in range(args.repeats):
-        for name, lm in (("merged", merged), ("as loaded", as_loaded)):
-            took, values[name] = run(lm, tokenizer, heldout, args)
-            seconds[name].append(round(took, 2))
-    a, b = values["merged"], values["as loaded"]
-    diff = max(abs(x - y) / max(abs(y), 1e-12) for key in a for x, y in zip(a[key], b[key]))
-    best = {name: min(s) for name, s in seconds.items()}
-    report = {"model": args.model, "adapter": str(args.adapter) if args.adapter else "random (TrainConfig)",
-              "tasks": args.tasks, "limit": args.limit, "heldout_limit": args.heldout_limit,
-              "batch_size": args.batch_size, "threads": torch.get_num_threads(), "seconds": seconds,
-              "ratio": round(best["merged"] / best["as loaded"], 3),
-              "max_relative_difference": diff, "n_values": sum(len(v) for v in a.values())}
-    print(f"merged {best['merged']:.1f} s, as loaded {best['as loaded']:.1f} s: {report['ratio']:.3f}x; "
-          f"largest relative difference of {report['n_values']} values {diff:.1e}")
-    if args.json:
-        atomic.write_json(args.json, report)
-    return report
+    return side_by_side({"merged": merged, "as loaded": as_loaded}, tokenizer, args, model=args.model,
+                        adapter=str(args.adapter) if args.adapter else "random (TrainConfig)")
 
 
 if __name__ == "__main__":
