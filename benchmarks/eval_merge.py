@@ -19,7 +19,7 @@ import torch
 from eval_head import arguments, side_by_side
 
 from grads.config import TrainConfig
-from grads.infra.models import load_model, load_tokenizer
+from grads.infra.models import load_model, load_tokenizer, peft_without_deprecation_noise
 
 
 def random_adapter(model_name: str, folder: Path) -> Path:
@@ -28,9 +28,10 @@ def random_adapter(model_name: str, folder: Path) -> Path:
 
     cfg = TrainConfig()
     torch.manual_seed(0)
-    model = get_peft_model(load_model(model_name, device="cpu"),
-                           LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target,
-                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+    with peft_without_deprecation_noise():
+        model = get_peft_model(load_model(model_name, device="cpu"),
+                               LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target,
+                                          init_lora_weights=False, task_type="CAUSAL_LM"))
     model.save_pretrained(folder)
     load_tokenizer(model_name).save_pretrained(folder)
     return folder
