@@ -1,11 +1,12 @@
 """A warm-up folder deleted after its scores were made (it is the large part of a selection folder) is not
 trained again: the finished scores are reused and the selection is the same; only a score column the rules
-still need brings the warm-up back."""
+still need brings the warm-up back. So does a fresh checkout of a grid, which holds only what git keeps."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
@@ -16,10 +17,11 @@ from grads.cli import app
 pytestmark = pytest.mark.e2e  # it warms up
 
 
-def test_scores_finished_without_their_warm_up_are_reused(tmp_path, tiny_model_dir, medmcqa_dir):
+def test_scores_finished_without_their_warm_up_are_reused(tmp_path, monkeypatch, tiny_model_dir, medmcqa_dir):
     records = [json.loads(line) for line in (medmcqa_dir / "pool.jsonl").read_text().splitlines()[:12]]
-    pool = write_jsonl(tmp_path / "pool.jsonl", records)
-    out = tmp_path / "sel"
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")  # paths relative to a checkout's root, as a grid's are
+    pool, out = write_jsonl(Path("pool.jsonl"), records), Path("sel")
 
     def select(*methods: str) -> str:
         args = ["select", "--model", str(tiny_model_dir), "--data", str(pool), "--out", str(out), "--max-length",
@@ -41,4 +43,12 @@ def test_scores_finished_without_their_warm_up_are_reused(tmp_path, tiny_model_d
     (out / "score" / "answer_only_loss.parquet").unlink()
     output = select("grads", "ifd")
     assert "warm-up:" in output and (out / "warmup" / "model" / "done.json").exists()
+    assert (out / "selected" / "grads-0.5.jsonl").read_bytes() == chosen
+    # a fresh checkout of the grid: git keeps the scores (not the warm-up nor the selected files) and the pool is
+    # prepared again at the same relative path, so nothing is trained or scored again there either
+    shutil.copytree(out, tmp_path / "fresh" / out, ignore=shutil.ignore_patterns("selected", "warmup", ".grads.lock"))
+    monkeypatch.chdir(tmp_path / "fresh")
+    write_jsonl(pool, records)
+    output = select("grads", "ifd")
+    assert "reusing finished scores" in output and "warm-up:" not in output
     assert (out / "selected" / "grads-0.5.jsonl").read_bytes() == chosen
