@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.grads-installed
 DEMO_OUT ?= demo-out
 DEMO_N   ?= 200
 PYTEST_ARGS ?=
+# `make test` runs on this many worker processes (pytest-xdist), each test whole on one; 1: in this process
+PYTEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -33,7 +35,7 @@ demo: setup
 	@echo "demo finished (the paper's warm-up, on a quarter of the pool to stay near 3 minutes): open $(DEMO_OUT)/select/report.html"
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS)) $(PYTEST_ARGS)
 
 # every test but those marked e2e (a child process, a fine-tune or the real bundled model; slow implies e2e)
 test-fast: setup

@@ -19,7 +19,8 @@ from helpers import run_select_process, tiny_llama, write_jsonl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# two threads per test, or fewer where `make test` runs tests side by side (pytest-xdist): no more threads than cores
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 # ---------------------------------------------------------------------------------------------- e2e marker
