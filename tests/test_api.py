@@ -103,16 +103,41 @@ def test_errors_name_the_apis_parameters_and_the_record_given(tmp_path, tiny_mod
         grads.select(str(pool), str(tiny_model_dir), **SETTINGS)
 
 
+@pytest.mark.parametrize("fmt,row,prompt,answer", [
+    ("prompt-completion", {"prompt": "Q?", "completion": "A."}, [("user", "Q?")], "A."),
+    ("prompt-completion", {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}],
+                           "completion": [{"role": "assistant", "content": [{"type": "text", "text": "A."}]}]},
+     [("system", "S"), ("user", "Q?")], "A."),
+    ("alpaca", {"instruction": "Do", "input": "this", "output": "Done."}, [("user", "Do\n\nthis")], "Done."),
+    ("sharegpt", {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]},
+     [("user", "Q?")], "A."),
+    ("chat", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first"},
+                           {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"},
+                           {"role": "user", "content": "c"}]},
+     [("user", "a"), ("assistant", "first"), ("user", "b")], "second")])
+def test_conversations_are_the_chats_grads_rendered(tmp_path, fmt, row, prompt, answer):
+    """Selection.conversations(): each chosen row, in any format, as grads normalised it, split for TRL's
+    conversational prompt-completion at its last answer (a trailing user turn, never a target, is left out)."""
+    sel = grads.Selection(dataset=datasets.Dataset.from_list([row]), scores=None, ratio=1.0, method="grads",
+                          folder=tmp_path, summary={"input": {"format": fmt}})
+    assert sel.conversations().to_list() == [{"prompt": [{"role": r, "content": c} for r, c in prompt],
+                                              "completion": [{"role": "assistant", "content": answer}]}]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_selection_trains_with_trl(tmp_path, tiny_model_dir, lora):
-    """docs/python-api.md's example on the tiny model: the chosen rows go straight into TRL's SFTTrainer (the
-    whole model as there, or a LoRA adapter), and it trains on them: every weight it trains moves from its
-    initial value (LoRA's B matrices start at zero), no other weight moves, and the loss on the chosen answers
-    falls."""
+    """docs/python-api.md's example on the tiny model: the chosen rows go into TRL's SFTTrainer as chat messages
+    (`sel.conversations()`; the whole model as there, or a LoRA adapter), TRL renders them in the tokenizer's chat
+    template with a mask on the answer alone, token for token what grads scored, and it trains on them: every
+    weight it trains moves from its initial value (LoRA's B matrices start at zero), no other weight moves, and
+    the loss on the chosen answers falls."""
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from grads.data.formats import load_pool
+    from grads.data.tokenize import tokenize_example
 
     pool = datasets.Dataset.from_list(RECORDS)
     sel = grads.select(pool, str(tiny_model_dir), ratio=0.5, **SETTINGS)
@@ -125,9 +150,21 @@ def test_a_selection_trains_with_trl(tmp_path, tiny_model_dir, lora):
                          activation_checkpointing=True, save_strategy="no", max_length=64)
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     adapter = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0) if lora else None
-    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=sel.dataset,
-                         eval_dataset=sel.dataset, peft_config=adapter,
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=sel.conversations(),
+                         eval_dataset=sel.conversations(), peft_config=adapter,
                          args=args)
+    # what TRL trains on: the chat template's text (SmolLM2's ChatML), the answer and its closing tokens the only
+    # targets, and exactly grads' own ids and answer mask for these rows (none is cut at max_length=64)
+    chosen = load_pool(write_jsonl(tmp_path / "chosen.jsonl", sel.dataset.to_list())).examples
+    assert len(trainer.train_dataset) == len(chosen) == 10
+    for row, record, example in zip(trainer.train_dataset, sel.dataset, chosen, strict=True):
+        text = tokenizer.decode(row["input_ids"])
+        assert text.startswith("<|im_start|>system\n") and f"<|im_start|>user\n{record['prompt']}<|im_end|>" in text
+        assert text.endswith(f"<|im_start|>assistant\n{record['completion']}<|im_end|>\n"), text
+        target = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert target == f"{record['completion']}<|im_end|>\n"
+        ours = tokenize_example(tokenizer, example, max_length=64)
+        assert (row["input_ids"], row["labels"]) == (ours.input_ids, ours.labels)
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     # the loss on the chosen answers as TRL trains on them (its own tokenisation and completion mask)
     loss_before = trainer.evaluate()["eval_loss"]

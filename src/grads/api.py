@@ -2,7 +2,8 @@
 
     import grads
     sel = grads.select("pool.jsonl", "smollm2-135m-instruct", ratio=0.05)    # or a datasets.Dataset, a list of dicts
-    sel.dataset      # datasets.Dataset: the chosen rows, verbatim, in input order (ready for TRL's SFTTrainer)
+    sel.dataset      # datasets.Dataset: the chosen rows, verbatim, in input order
+    sel.conversations()  # the same rows as chat messages: TRL's SFTTrainer trains on them in grads' chat template
     sel.scores       # pandas.DataFrame: scores.parquet's columns, `combined` and `density`
     sel.ratio        # the ratio used (for grads-auto, the one it chose)
     sel.save("runs/sel")   # the files `grads select` writes: scores.parquet, selected/, selection.json, report.html
@@ -155,6 +156,25 @@ class Selection:
     method: str
     folder: Path = field(repr=False)  # the run's folder: what save() copies
     summary: dict = field(repr=False, default_factory=dict)
+
+    def conversations(self):
+        """The chosen rows as TRL's conversational prompt-completion dataset (`prompt`, `completion`: message lists),
+        so that TRL's SFTTrainer renders them with the tokenizer's chat template as grads scored them. Each row is
+        normalised as grads read it (any format, `grads.data.formats.normalise`); its last non-empty assistant turn is
+        the completion, the turns before it the prompt (earlier answers of a multi-turn chat become context; grads
+        also learned them). A model without a chat template: pass `dataset` itself."""
+        import datasets
+
+        from grads.data.formats import detect_format, normalise
+
+        rows = self.dataset.to_list()
+        fmt = self.summary.get("input", {}).get("format") or (detect_format(rows[0]) if rows else None)
+        out = []
+        for line, row in enumerate(rows, 1):
+            messages = list(normalise(row, fmt, self.folder / "selected", line)[0])
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip())
+            out.append({"prompt": messages[:last], "completion": [messages[last]]})
+        return datasets.Dataset.from_list(out)
 
     def save(self, out: str | Path) -> Path:
         """Write the files `grads select` writes (scores.parquet, selected/, selection.json, report.html,

@@ -113,6 +113,9 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
                 "cost": _cost(job, pool, score_pool, timings, proxy=up is not job)}
     with timings.stage("selection", digits=2):
         summary = run_selection(job, upstream)
+    for name, entry in summary["outputs"].items():
+        if "warning" in entry.get("control", {}):
+            log(f"warning: {name} {entry['control']['warning']}")
     with timings.stage("report"):
         run_report(out)
     timings.write()

@@ -71,6 +71,11 @@ def test_outputs_hold_the_chosen_rows_verbatim_in_input_order(selected, pool_fil
         if entry["method"] not in ("full", "grads-auto", "ifd", "random-tokens"):  # these choose their count
             assert len(picked) == int(np.ceil(entry["ratio"] * 28 - 1e-9)), name
     assert summary["outputs"]["full.jsonl"]["n_selected"] == 28
+    for ratio in ("0.1", "0.5"):  # the matched control records what it shares with the grads subset
+        control = summary["outputs"][f"random-matched-{ratio}.jsonl"]["control"]
+        mine, target = (set(summary["outputs"][f"{m}-{ratio}.jsonl"]["ids"]) for m in ("random-matched", "grads"))
+        assert control["of"] == "grads" and control["shared"] == len(mine & target)
+        assert control["chance"] == round(len(mine) * len(target) / 28, 3)
     assert "knee" in summary["outputs"]["grads-auto.jsonl"]["rule"]
     assert summary["input"]["sha256"] and summary["versions"]["torch"].startswith("2.13")
     assert summary["settings"]["select"]["ratios"] == [0.1, 0.5]
@@ -146,6 +151,7 @@ def test_report_shows_the_plots_and_escapes_example_text(selected):
     for png in ["signal_kde.png", "emb_vs_head.png", "signal_vs_length.png"]:
         assert (selected / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<script>" not in page and "&lt;script&gt;" in page and "Jaccard" in page
+    assert "Matched controls" in page and "random-matched-0.5.jsonl" in page
     assert "Pearson r" in page
 
 

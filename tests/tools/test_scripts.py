@@ -211,3 +211,60 @@ def test_grid_cost_script_sums_the_seconds_each_run_and_selection_left(tmp_path)
     assert rows == ["| full | 1 | 0.00 | 1.00 | 1.00 |", "| grads-0.05 | 2 | 0.30 | 0.15 | 0.45 |",
                     "| select-seed-1 | 1 | 2.00 | 1.00 | 3.00 |"]
     assert done.stdout.rstrip().endswith("total: 4.5 CPU h over 3 runs and 1 selections")
+
+
+def test_matched_overlap_script_counts_what_each_matched_draw_shares_with_its_target(tmp_path):
+    overlap = script_module("matched_overlap")
+    # the strata draw: one per target, of its exact length; a stratum that runs short takes the nearest length
+    lengths = np.array([4, 4, 12, 11, 6])
+    assert overlap.strata_draw(lengths, np.arange(5), np.array([2, 3]), 0).tolist() == [2, 3]
+    assert sorted(lengths[overlap.strata_draw(lengths, np.array([0, 1, 2, 4]), np.array([2, 3]), 0)]) == [6, 12]
+    # a pool of 10, one ineligible (N = 9); grads keeps e6 and e7, the only answers of 11 and 12 tokens, at 0.2,
+    # and e0 and e4 besides at 0.4: a draw at those lengths must take e6 and e7, and may take e0 and e4
+    grid = tmp_path / "grid"
+    (grid / "select").mkdir(parents=True)
+    ids = [f"e{i}" for i in range(10)]
+    n_target = np.array([4, 4, 4, 4, 6, 6, 11, 12, 4, 6])
+    status = ["ok"] * 9 + ["too_long"]
+    pd.DataFrame({"id": ids, "n_target_tokens": n_target, "status": status}).to_parquet(
+        grid / "select" / "scores.parquet")
+    grads = {0.2: [6, 7], 0.4: [0, 4, 6, 7]}
+    eligible = np.arange(9)
+    outputs = {f"grads-{r:g}.jsonl": {"ids": [ids[i] for i in rows]} for r, rows in grads.items()}
+    stored = {r: overlap.strata_draw(n_target, eligible, np.array(rows), 0) for r, rows in grads.items()}
+    outputs |= {f"random-matched-{r:g}.jsonl": {"ids": [ids[i] for i in rows]} for r, rows in stored.items()}
+    selection = {"outputs": outputs, "settings": {"select": {"seed": 0}}}
+    (grid / "select" / "selection.json").write_text(json.dumps(selection))
+    (grid / "runs" / "base").mkdir(parents=True)
+    (grid / "runs" / "base" / "results.json").write_text(json.dumps({"run": "base"}))
+    for method, ratio, seed in [("grads", 0.2, 0), ("random-matched", 0.2, 0), ("random-matched", 0.4, 0),
+                                ("random-matched", 0.4, 1)]:
+        name = f"{method}-{ratio:g}-s{seed}"
+        (grid / "runs" / name).mkdir()
+        run = {"run": name, "method": method, "ratio": ratio, "seed": seed, "n_train": len(grads[ratio]),
+               "train_answer_tokens": int(n_target[grads[ratio]].sum())}
+        (grid / "runs" / name / "results.json").write_text(json.dumps(run))
+    command = [sys.executable, str(ROOT / "scripts" / "matched_overlap.py"), str(grid)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith("| random-matched-")}
+    assert rows["random-matched-0.2-s0"] == ["| random-matched-0.2-s0", "select", "stored", "2 (grads)", "2", "0.4",
+                                             "9 |"]  # k²/N = 4/9
+    for run in ("random-matched-0.4-s0", "random-matched-0.4-s1"):
+        assert rows[run][4:] == ["4", "1.8", "9 |"]  # 16/9
+        assert 2 <= int(rows[run][3].split()[0]) <= 4
+    assert rows["random-matched-0.4-s0"][2] == "stored" and rows["random-matched-0.4-s1"][2] == "re-drawn"
+    assert "| random-matched | 0.2 | 1 | 2–2 | 2 | 100%–100% | 0.4 |" in done.stdout
+    # a stored draw the strata draw does not reproduce, or a run that trained on other answer tokens, stops it
+    outputs["random-matched-0.2.jsonl"]["ids"] = ["e6", "e8"]
+    (grid / "select" / "selection.json").write_text(json.dumps(selection))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "not the strata draw" in done.stderr
+    outputs["random-matched-0.2.jsonl"]["ids"] = [ids[i] for i in stored[0.2]]
+    (grid / "select" / "selection.json").write_text(json.dumps(selection))
+    run = json.loads((grid / "runs" / "random-matched-0.4-s1" / "results.json").read_text())
+    (grid / "runs" / "random-matched-0.4-s1" / "results.json").write_text(
+        json.dumps(run | {"train_answer_tokens": 34}))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "answer tokens" in done.stderr

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -133,37 +132,118 @@ def select_random_tokens(table, ratio, seed, cfg: DensitySpec = DEFAULTS):
     return np.sort(order[:k])
 
 
-def length_matched(lengths: np.ndarray, candidates: np.ndarray, targets: np.ndarray, seed: int) -> np.ndarray:
-    """Distinct candidates, one per target, each drawn at random among the candidates of the nearest length: first
-    every length's own stratum (a seeded draw without replacement), then, for what a stratum lacks, the nearest
-    lengths that still have candidates (the shorter first on a tie). Returns sorted row indices."""
+MATCH_WINDOW = 10  # a matched example is drawn among the candidates of the 10 answer lengths nearest its target's
+MATCH_TOKEN_RTOL = 0.005  # the matched subset's answer tokens are balanced to within 0.5% of its target's
+
+
+def length_window(sorted_lengths: np.ndarray, length: int, size: int) -> tuple[int, int]:
+    """[lo, hi): the positions of the `size` candidates whose lengths are nearest `length` in the sorted lengths,
+    widened to every candidate as near as the farthest of them (equally near candidates are equally eligible)."""
+    n = len(sorted_lengths)
+    size = min(size, n)
+    start = int(np.searchsorted(sorted_lengths, length))
+    lo = hi = start
+    while hi - lo < size:  # two pointers: take the nearer neighbour, the shorter on a tie
+        if hi >= n or (lo > 0 and length - sorted_lengths[lo - 1] <= sorted_lengths[hi] - length):
+            lo -= 1
+        else:
+            hi += 1
+    reach = max(length - sorted_lengths[lo], sorted_lengths[hi - 1] - length)
+    return (int(np.searchsorted(sorted_lengths, length - reach, "left")),
+            int(np.searchsorted(sorted_lengths, length + reach, "right")))
+
+
+def length_matched(lengths: np.ndarray, candidates: np.ndarray, targets: np.ndarray, seed: int,
+                   window: int = MATCH_WINDOW, token_rtol: float = MATCH_TOKEN_RTOL) -> np.ndarray:
+    """Distinct candidates, one per target, each drawn at random from the target's length window: the `window`
+    candidates of the nearest answer lengths (`length_window`; widened while all are taken). Then balanced: while
+    the drawn answer tokens differ from the targets' by more than `token_rtol`, a drawn example is swapped for
+    another of its own window that brings the totals closer (seeded order and choice). A window, not an exact
+    length, so that a target whose length is unique does not leave itself as its own only match.
+    Returns sorted row indices."""
+    if len(targets) > len(candidates):
+        raise ValueError("fewer candidates than targets: a matched draw needs at least as many")
     rng = np.random.default_rng(seed)
-    shuffled = candidates[rng.permutation(len(candidates))]
-    strata: dict[int, list[int]] = {}
-    for row in shuffled.tolist():
-        strata.setdefault(int(lengths[row]), []).append(row)
-    needed = Counter(int(n) for n in lengths[targets])
-    picked: list[int] = []
-    for n, count in sorted(needed.items()):
-        take = strata.get(n, [])[:count]
-        picked += take
-        strata[n] = strata.get(n, [])[len(take):]
-        needed[n] -= len(take)
-    for n in sorted(needed, reverse=True):  # the shortfalls: longer answers are rarer, so they choose first
-        for _ in range(needed[n]):
-            nearest = min((m for m, rows in strata.items() if rows), key=lambda m: (abs(m - n), m), default=None)
-            if nearest is None:
-                raise ValueError("fewer candidates than targets: a matched draw needs at least as many")
-            picked.append(strata[nearest].pop(0))
-    return np.sort(np.array(picked, dtype=np.int64))
+    order = candidates[np.lexsort((rng.random(len(candidates)), lengths[candidates]))]
+    sorted_lengths = lengths[order].astype(np.int64)
+    taken = np.zeros(len(order), dtype=bool)
+    picks = np.empty(len(targets), dtype=np.int64)
+    windows = np.empty((len(targets), 2), dtype=np.int64)
+    for t in rng.permutation(len(targets)):
+        size = window
+        while True:
+            lo, hi = length_window(sorted_lengths, int(lengths[targets[t]]), size)
+            free = lo + np.flatnonzero(~taken[lo:hi])
+            if len(free):
+                break
+            size *= 2
+        picks[t] = rng.choice(free)
+        taken[picks[t]] = True
+        windows[t] = lo, hi
+    excess = int(sorted_lengths[picks].sum()) - int(lengths[targets].sum())
+    allowed = token_rtol * float(lengths[targets].sum())
+    improved = True
+    while abs(excess) > allowed and improved:
+        improved = False
+        for t in rng.permutation(len(targets)):
+            lo, hi = windows[t]
+            free = lo + np.flatnonzero(~taken[lo:hi])
+            change = sorted_lengths[free] - sorted_lengths[picks[t]]
+            better = free[np.abs(excess + change) < abs(excess)]
+            if len(better):
+                new = rng.choice(better)
+                excess += int(sorted_lengths[new] - sorted_lengths[picks[t]])
+                taken[picks[t]], taken[new], picks[t] = False, True, new
+                improved = True
+                if abs(excess) <= allowed:
+                    break
+    return np.sort(order[picks])
+
+
+def chance_overlap(k_a: int, k_b: int, n: int) -> float:
+    """How many examples two independent uniform random subsets of sizes k_a and k_b of n share, on average."""
+    return k_a * k_b / n if n else 0.0
+
+
+def overlap_record(control: np.ndarray, target: np.ndarray, n_eligible: int, lengths: np.ndarray) -> dict:
+    """What a matched control shares with the subset it controls, beside chance (selection.json's `control`):
+    the hypergeometric p-value of sharing that many by chance, and a warning when the control sits more than a
+    quarter of the way from chance to its target (its comparison then concerns only the examples not shared)."""
+    from scipy.stats import hypergeom  # here, not at import: scipy.stats takes ~1 s to load
+
+    shared = len(np.intersect1d(control, target))
+    chance = chance_overlap(len(control), len(target), n_eligible)
+    p_value = float(hypergeom.sf(shared - 1, n_eligible, len(target), len(control))) if n_eligible else 1.0
+    closeness = (shared - chance) / (len(target) - chance) if len(target) > chance else 0.0
+    record = {"shared": shared, "n_selected": int(len(control)), "n_target": int(len(target)),
+              "chance": round(chance, 3), "p_value": p_value,
+              "answer_tokens": int(lengths[control].sum()), "target_answer_tokens": int(lengths[target].sum())}
+    if closeness > 0.25 and p_value < 1e-3:
+        record["warning"] = (f"shares {shared} of its {len(target)} examples with the subset it controls (chance: "
+                             f"{chance:.1f}, p = {p_value:.2g}): the comparison concerns only the "
+                             f"{len(target) - shared} it does not share")
+    return record
 
 
 def select_random_matched(table, ratio, seed, cfg: DensitySpec = DEFAULTS, target: str = "grads"):
     """Baseline (length-matched): as many random examples as the `target` rule's subset of this ratio, each drawn
-    from the examples of the nearest answer length, so the count, the answer tokens and the optimizer steps are
-    the subset's: a gain over it comes from which examples were chosen, not how many or how long."""
+    from the examples of the answer lengths nearest one of the subset's (`length_matched`), so the count, the
+    answer tokens (within 0.5%) and the optimizer steps are the subset's: a gain over it comes from which examples
+    were chosen, not how many or how long."""
     chosen = select(table, target, ratio, seed, cfg)
     return length_matched(table["n_target_tokens"].to_numpy(), np.flatnonzero(eligible(table)), chosen, seed)
+
+
+def control_overlap(table: pd.DataFrame, method: str, picked: np.ndarray, ratio: float | None, seed: int = 0,
+                    cfg: DensitySpec = DEFAULTS) -> dict | None:
+    """For a matched control (`random-matched`, `random-matched:RULE`), its `overlap_record` with the subset it
+    controls; None for any other method."""
+    name, target = split_method(method)
+    if not RULES[name].matches:
+        return None
+    chosen = select(table, target or "grads", ratio, seed, cfg)
+    record = overlap_record(picked, chosen, int(eligible(table).sum()), table["n_target_tokens"].to_numpy())
+    return {"of": target or "grads", **record}
 
 
 def select_full(table, ratio, seed, cfg=None):

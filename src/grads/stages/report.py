@@ -177,6 +177,21 @@ def cost_section(cost: dict | None) -> str:
     return _table(["stage", "seconds", "examples", "tokens"], rows) + f"<p>{html.escape(verdict)}</p>"
 
 
+def controls_section(summary: dict) -> str:
+    """Each matched control beside the subset it controls: what they share, what two random subsets of those sizes
+    would share, and the warning when the control is close to a copy of its target."""
+    rows = [[name, c["of"], f"{c['shared']} of {c['n_target']}", f"{c['chance']:.1f}", f"{c['p_value']:.2g}",
+             f"{c['answer_tokens']:,} / {c['target_answer_tokens']:,}", c.get("warning", "")]
+            for name, e in summary["outputs"].items() if (c := e.get("control"))]
+    if not rows:
+        return ""
+    return ("<h2>Matched controls</h2><p>A matched control draws random examples of its target's count and answer "
+            "lengths; it may draw some of the target's own examples, and a comparison with it concerns only the "
+            "examples they do not share.</p>" +
+            _table(["file", "controls", "shared", "chance", "p (hypergeometric)", "answer tokens / target's",
+                    "warning"], rows))
+
+
 FLAT_DENSITY = ("The density is flat: the signal has no spread (every eligible example has the same gradient "
                 "norms, up to rounding), so every example is equally representative. Density rules (grads and its "
                 "variants) therefore keep an arbitrary but deterministic subset, chosen by the hash of the example "
@@ -237,6 +252,7 @@ Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.ba
 {corr['pearson_log_length']:.3f}, Spearman ρ {corr['spearman']:.3f}.</p>{"".join(sections[2:3])}
 <h2>Excluded examples</h2>{excluded_html}
 <h2>Overlap between selections</h2>{overlap}
+{controls_section(summary)}
 <h2>Examples</h2>{examples or "<p>(not shown)</p>"}
 </body></html>
 """

@@ -6,6 +6,8 @@ combined signal and its density, applies every asked rule at every ratio, and wr
     OUT/scores.parquet              the score columns plus `combined` and `density`
     OUT/selected/<file>.jsonl       the chosen input rows verbatim, in input order (file names: output_name)
     OUT/selection.json              settings, seeds, versions, input hash, counts per status, chosen ids per file
+                                    (a matched control's entry adds `control`: its overlap with its target, and
+                                    chance's)
 
 The same scores and settings give byte-identical files (selection.json's `cost` object aside: it holds the seconds
 the warm-up and scoring took, read from their own records, so a rerun that reuses them writes it unchanged).
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 
 from grads._version import __version__
 from grads.config import SelectJob
-from grads.core.rules import output_name, rule_of, select
+from grads.core.rules import control_overlap, output_name, rule_of, select
 from grads.core.signals import density
 from grads.data.readers import raw_rows
 from grads.infra import atomic, models
@@ -62,6 +64,9 @@ def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict
                      "ids": frame["id"].iloc[picked].tolist()}
             if rule_of(method).budget:  # grads-auto: the ratio it chose, and how
                 entry["ratio"], entry["rule"] = rule_of(method).budget(frame, signal)
+            control = control_overlap(frame, method, picked, ratio, sel.seed, signal)
+            if control is not None:  # a matched control: what it shares with the subset it controls
+                entry["control"] = control
             chosen[output_name(method, ratio)] = (picked, entry)
     return chosen
 
