@@ -9,8 +9,9 @@ verdict after Holm's correction over every claim and selection row of the table.
 
 Claims (Liu et al., 2025): (1) 5% of GrADS data beats the whole pool; (2) 50% does better still; (3) GrADS
 forgets less (than the whole pool and than random data). Also: does a GrADS subset beat random examples, and
-random examples carrying the same answer tokens (`random-tokens`)? Learning figures (G_bpb, G_acc) should be > 0
-for a claim to hold; forgetting figures (F_bpb, F_acc) < 0. And controls: a random subset of the same size
+random examples carrying the same answer tokens (`random-tokens`)? Learning figures (G_bpb, G_acc, and Q_bpb,
+question use gained, where the runs measure it) should be > 0 for a claim to hold; forgetting figures (F_bpb,
+F_acc) < 0. And controls: a random subset of the same size
 against the whole pool, read with the same signs, so that a claim's verdict can be told apart from what any
 subset that size does (a claim GrADS "supports" only as much as random data does is not evidence for selection).
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from grads.experiment.config import load_config
 from grads.experiment.stats import (
+    ADDED_FIGURES,
+    LABELS,
     detectable_difference,
     figures_by_run,
     has_spread,
@@ -34,8 +37,8 @@ from grads.experiment.stats import (
 )
 from grads.experiment.tables import with_interval
 
-LEARNING, FORGETTING = ("G_bpb", "G"), ("F_bpb", "F_bpb_bytes", "F")
-LABELS = {"G_bpb": "G_bpb", "G": "G_acc", "F_bpb": "F_bpb", "F_bpb_bytes": "F_bpb_bytes", "F": "F_acc"}
+# Q_bpb (question use gained) is read like learning: a subset that keeps the model using the question is better
+LEARNING, FORGETTING = ("G_bpb", "G", "Q_bpb"), ("F_bpb", "F_bpb_bytes", "F")
 # (claim, arm, reference, figures whose sign the claim predicts); an arm is (method, ratio)
 COMPARISONS = [
     ("1. 5% beats the whole pool", ("grads", 0.05), ("full", None), LEARNING),
@@ -86,9 +89,10 @@ COMPARISONS = [
     ("grads against ifd", ("grads", 0.5), ("ifd", 0.5), LEARNING + FORGETTING),
 ]
 # The verdict table (--verdict): each rule against its matched random data and against the whole pool, on the
-# primary figures (held-out likelihood gained, general likelihood lost); its Holm verdicts are the full table's.
+# primary figures (held-out likelihood gained, general likelihood lost, and question use gained where the runs
+# measure it); its Holm verdicts are the full table's.
 # A rule without a matched control (UNMATCHED) is read against plain random data of its count instead.
-PRIMARY = ("G_bpb", "F_bpb")
+PRIMARY = ("G_bpb", "F_bpb", "Q_bpb")
 UNMATCHED = {"length": "random"}
 ALPHA = 0.05
 
@@ -130,7 +134,8 @@ def holm_verdict(rejected: bool, mean: float, sign: int) -> str:
 def entries(out: Path) -> list[dict]:
     """Every comparison the folder's runs allow, each figure with its paired row, p-value and Holm verdict. Holm's
     correction (α = 0.05, family-wise) runs over every row that tests a claim or the selection (the `control:`
-    rows describe random data and are left out of the family)."""
+    rows describe random data and are left out of the family). A figure added after the runs were evaluated
+    (stats.ADDED_FIGURES) is left out where no pair measures it, so earlier experiments read as they did."""
     cfg = load_config(out / "config.yaml")
     base = json.loads((out / "runs" / "base" / "results.json").read_text())
     by_run = figures_by_run(load_runs(out), base, cfg.eval)
@@ -138,6 +143,8 @@ def entries(out: Path) -> list[dict]:
     for claim, arm, reference, figures in COMPARISONS:
         row = paired(by_run, arm, reference)
         for figure in figures if row["n_pairs"] else ():
+            if figure in ADDED_FIGURES and not row[f"d{figure}_n"]:
+                continue
             p = paired_p_value(row[f"d{figure}_mean"], row[f"d{figure}_std"], row[f"d{figure}_n"])
             found.append({"claim": claim, "arm": arm, "reference": reference, "figure": figure, "row": row,
                           "p": math.nan if claim.startswith("control") else p})

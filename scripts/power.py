@@ -28,7 +28,7 @@ def main(pilot: Path, share: float, seeds: range) -> None:
     print("| figure | mean | seed SD | paired SD (√2·SD) | " + " | ".join(f"detectable, {n} seeds" for n in seeds)
           + " |")
     print("|---|---|---|---|" + "---|" * len(seeds))
-    for name in ("G_bpb", "F_bpb", "G", "F"):
+    for name in ("G_bpb", "F_bpb", "G", "F", "Q_bpb"):
         mean, sd = mean_std([f[name] for f in full])
         if math.isnan(mean):
             continue

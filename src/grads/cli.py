@@ -151,10 +151,12 @@ def score(
 
 
 def _method_help() -> str:
-    from grads.core.rules import RULES
+    from grads.core.rules import RULES, TRIM_SIGNALS
 
     return (f"one of {_choices(RULES)} (default {default(SelectConfig, 'methods')[0]}); repeatable; "
-            "docs/method.md says what each keeps")
+            f"random-matched:RULE matches RULE's subset; trim:SIGNAL[:q] drops the share q that SIGNAL flags "
+            f"({', '.join(TRIM_SIGNALS)}) and draws from the rest, e.g. trim:loss:0.3; docs/method.md says what "
+            "each keeps")
 
 
 def _signal_help() -> str:
@@ -179,6 +181,8 @@ def select_cmd(
         SelectConfig, "warmup_fraction"),
     score_model: Annotated[str | None, opt(SelectConfig, "score_model", "--score-model")] = None,
     score_max_length: Annotated[int | None, opt(SelectConfig, "score_max_length", "--score-max-length")] = None,
+    labels: Annotated[Path | None, opt(SelectConfig, "labels", "--labels")] = None,
+    canaries: Annotated[int, opt(SelectConfig, "canaries", "--canaries")] = default(SelectConfig, "canaries"),
     lora: LoraOpt = default(TrainConfig, "lora"),
     seed: Annotated[int, opt(SelectConfig, "seed", "--seed")] = default(SelectConfig, "seed"),
     signal: Annotated[str, typer.Option("--signal", help=_signal_help())] = default(SelectConfig, "signal"),
@@ -206,7 +210,7 @@ def select_cmd(
         train=TrainConfig(lora=lora, batch_size=batch_size, learning_rate=learning_rate),
         select=SelectConfig(**select, seed=seed, warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction,
                             score_model=score_model, score_max_length=score_max_length, signal=signal,
-                            bandwidth=bandwidth),
+                            bandwidth=bandwidth, labels=labels, canaries=canaries),
         out=out))
     summary = run_select(job, progress=not quiet, log=lambda m: typer.echo(m, err=True))
     if not summary:  # a rank other than 0 under a launcher: rank 0 reports
@@ -260,6 +264,8 @@ def eval_cmd(
     heldout: Annotated[list[Path] | None, opt(EvalJob, "heldout", "--heldout", extra="; repeatable")] = None,
     limit: Annotated[int | None, opt(EvalJob, "limit", "--limit")] = None,
     heldout_limit: Annotated[int | None, opt(EvalJob, "heldout_limit", "--heldout-limit")] = None,
+    question_use: Annotated[bool, opt(EvalJob, "question_use", "--question-use/--no-question-use")
+                            ] = default(EvalJob, "question_use"),
     mc_rotations: Annotated[int | None, opt(EvalJob, "mc_rotations", "--mc-rotations")] = None,
     batch_size: Annotated[int, opt(EvalJob, "batch_size", "--batch-size", "-b")] = default(EvalJob, "batch_size"),
     max_length: MaxLenOpt = default(EvalJob, "max_length"),
@@ -274,7 +280,8 @@ def eval_cmd(
     Tasks: medmcqa, medmcqa_val, medqa (domain); arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande,
     boolq, gsm8k (general; NAME:bpb scores only the gold answer, 'general-bpb' is that set); or your own JSONL
     file. --heldout FILE: any SFT file grads reads; its answers are scored exactly as training masks them
-    (nll in nats per answer token, bpb in bits per answer byte).
+    (nll in nats per answer token, bpb in bits per answer byte), and again each under another example's question
+    (question_use_bpb = bpb_mismatched - bpb, > 0: the model uses the question; one more pass over the file).
 
     Example: grads eval --model runs/ft/model --tasks domain --heldout data/medmcqa/heldout_explanations.jsonl
     --out results.json
@@ -285,7 +292,7 @@ def eval_cmd(
     job = _configs(lambda: EvalJob(model=ModelConfig(model=model, dtype=dtype, device=device,
                                                      trust_remote_code=trust_remote_code),
                                    tasks=chosen, heldout=tuple(heldout or ()), heldout_limit=heldout_limit, limit=limit,
-                                   mc_rotations=mc_rotations,
+                                   question_use=question_use, mc_rotations=mc_rotations,
                                    batch_size=batch_size, max_length=max_length, backend=backend, out=out))
     run_eval(job, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"results: {out}")
@@ -384,6 +391,32 @@ def data_inspect(
         typer.echo(f"answer tokens: min {targets[0]}, median {targets[len(targets) // 2]}, max {targets[-1]}")
         typer.echo(f"truncated to {max_length}: {stats.n_truncated} examples ({stats.prompt_tokens_cut} prompt and "
                    f"{stats.answer_tokens_cut} answer tokens cut); no answer token left: {stats.n_no_target}")
+
+
+@data_app.command("plant")
+def data_plant(
+    pool: Annotated[Path, typer.Argument(help="the clean pool (any input grads reads)")],
+    out: OutOpt,
+    share: Annotated[float, typer.Option("--share", help="the fraction of the OUTPUT pool that is planted, in (0, 1) "
+                                                         "(duplicates are added, so they count in its size)")],
+    kinds: Annotated[str, typer.Option("--kinds", help="comma-separated, split equally (the remainder to the first): "
+                                                       "swap, shuffle, truncate, offdomain, duplicate, boilerplate")],
+    seed: Annotated[int, typer.Option("--seed", help="chooses the planted records and their damage")],
+    offdomain: Annotated[Path | None, typer.Option("--offdomain", help="the records `offdomain` puts in the pool "
+                                                                       "(any format; converted to the pool's)")] = None,
+) -> None:
+    """Plant labelled noise in a pool: OUT/pool.jsonl (same format and ids), OUT/labels.json (id -> clean or its
+    kind) and OUT/plant.json (settings and counts); docs/noise.md describes the kinds.
+
+    Example: grads data plant data/medmcqa/pool.jsonl --out data/noisy-medmcqa --share 0.25
+    --kinds swap,shuffle,truncate,offdomain --offdomain data/gsm8k/pool.jsonl --seed 0
+    """
+    from grads.data.plant import plant_file
+
+    summary = plant_file(pool, out, share=share, kinds=kinds, seed=seed, offdomain=offdomain)
+    planted = ", ".join(f"{kind} {n}" for kind, n in summary["counts"].items() if kind != "clean")
+    typer.echo(f"{out / 'pool.jsonl'}: {summary['n_records']} records, {summary['planted_share']:.1%} planted "
+               f"({planted}); labels in {out / 'labels.json'}")
 
 
 @models_app.command("cache")

@@ -184,6 +184,12 @@ class SelectConfig(SignalConfig):
                                     "for --model, a proxy (default: --model itself)")
     score_max_length: int | None = Field(None, gt=1, description="cut examples to this many tokens for scoring "
                                          "only (the warm-up and the fine-tunes keep --max-length)")
+    labels: Path | None = added(None, "0.5", description="labels.json of a planted pool (`grads data plant`: id -> "
+                                "clean or its kind): selection.json's `noise` and the report say how well each "
+                                "score flags the planted records and what each rule keeps of them")
+    canaries: int = added(0, "0.5", ge=0, description="make this many noisy copies of the pool's own records "
+                          "(swapped, shuffled, truncated, boilerplate answers, duplicates), score them with the pool "
+                          "and report how many of each kind every rule would keep; never in a selected file")
 
     @field_validator("methods")
     @classmethod
@@ -287,6 +293,9 @@ class EvalJob(StageConfig):
     heldout: tuple[Path, ...] = Field((), description="held-out SFT files: answer-token NLL and bits per byte, "
                                       "scored as training masks them")
     heldout_limit: int | None = like(EvalConfig, "heldout_limit", json_schema_extra=None)
+    question_use: bool = Field(True, description="also score each held-out file's answers under other examples' "
+                               "questions (a seeded derangement): bpb_mismatched and question_use_bpb, at one more "
+                               "forward pass over the file")
     limit: int | None = like(EvalConfig, "limit", default=None)
     limits: dict[str, int] = like(EvalConfig, "limits")
     batch_size: int = like(EvalConfig, "batch_size")

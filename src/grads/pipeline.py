@@ -79,6 +79,15 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     pool = tokenized(info, tokenizer, job.data.limit, job.data.max_length)  # memory-mapped, not in RAM
     score_pool = pool if job.score_length == job.data.max_length else \
         tokenized(info, tokenizer, job.data.limit, job.score_length)
+    if sel.labels is not None:  # a bad labels file stops here, before any warm-up or scoring
+        from grads.stages.select import read_labels
+
+        read_labels(sel.labels, pool.dataset.data.column("id").to_pylist())
+    if sel.canaries and distributed.world_size() > 1:
+        raise GradsError("--canaries runs in one process", hint="select without a launcher, or without --canaries")
+    elif "clean" in sel.methods and sel.labels is None:
+        raise GradsError("the clean oracle keeps the records a planted pool labels clean: it needs their labels",
+                         hint="pass --labels labels.json (`grads data plant` writes it)")
 
     with timings.stage("warmup"):
         scoring_model = up.model.model
@@ -108,6 +117,11 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
             return {}
         add_columns(score_job.out, needed_columns(sel.methods), load, score_pool, job.score.batch_size,
                     tokenizer.pad_token_id, log)
+        if sel.canaries:  # scored by the same model as the pool; the warm-up never saw them
+            from grads.stages.canaries import score_canaries
+
+            score_canaries(job, plan.score_fingerprint, scoring_model, load, tokenizer, needed_columns(sel.methods),
+                           progress, log)
     upstream = {"score_fingerprint": plan.score_fingerprint, "input": info.record(),
                 "truncation": pool.stats.truncation(), "warmup_model": scoring_model if sel.warmup_epochs else None,
                 "cost": _cost(job, pool, score_pool, timings, proxy=up is not job)}

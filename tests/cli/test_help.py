@@ -42,8 +42,8 @@ def listed_commands(text: str) -> list[str]:
 
 def test_the_help_tests_walk_every_command():
     assert sorted(" ".join(path) for path in LEAVES) == [
-        "compare", "data inspect", "data prepare", "eval", "experiment", "models cache", "models list", "score",
-        "select", "train"]
+        "compare", "data inspect", "data plant", "data prepare", "eval", "experiment", "models cache", "models list",
+        "score", "select", "train"]
 
 
 @pytest.mark.parametrize("path", [path for path, _ in groups()], ids=lambda p: " ".join(p) or "grads")

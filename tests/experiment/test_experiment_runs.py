@@ -3,6 +3,7 @@ finished runs, and a variant reuses another experiment's warm-up and scores."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -21,7 +22,8 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
         "model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "methods": ["random", "grads"],
         "ratios": [0.5], "seeds": [0], "train": {"batch_size": 8},
         "eval": {"domain_tasks": ["medmcqa"], "general_tasks": ["arc_easy", "winogrande"], "limit": 3,
-                 "validation_tasks": ["medmcqa_val"], "limits": {"winogrande": 2}}}))
+                 "validation_tasks": ["medmcqa_val"], "limits": {"winogrande": 2},
+                 "heldout": ["{out}/data/heldout_explanations.jsonl"], "heldout_limit": 6}}))
     out = tmp_path / "exp"
     result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out), "--max-runs", "2"],
                                 catch_exceptions=False)
@@ -36,6 +38,12 @@ def test_experiment_runs_end_to_end_and_resumes_without_redoing_runs(tmp_path, t
     assert grads_run["n_train"] == 8 and set(grads_run["tasks"]) == {"medmcqa", "medmcqa_val", "arc_easy",
                                                                                   "winogrande"}
     assert grads_run["tasks"]["winogrande"]["n"] == 2 and grads_run["tasks"]["arc_easy"]["n"] == 3
+    # held-out answers with question use, and the figure from it (grads.experiment.stats.run_figures)
+    base = json.loads((out / "runs" / "base" / "results.json").read_text())
+    held, base_held = grads_run["heldout"]["heldout_explanations"], base["heldout"]["heldout_explanations"]
+    assert held["n_examples"] == 6 and held["question_use_bpb"] == held["bpb_mismatched"] - held["bpb"]
+    row = next(r for r in csv.DictReader((out / "summary.csv").open()) if r["method"] == "grads")
+    assert float(row["Q_bpb_mean"]) == pytest.approx(held["question_use_bpb"] - base_held["question_use_bpb"])
     summary = (out / "summary.md").read_text()
     assert "G_val" in summary and "| grads | 0.5 | 1 |" in summary and "| full | 1 (full) | 1 |" in summary
     assert (out / "g_vs_f.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.csv").exists()
@@ -106,3 +114,39 @@ def test_a_variant_reuses_the_warm_up_and_scores_of_another_experiment(tmp_path,
         main(["experiment", str(wrong), "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "warmup_from" in err and "other model, data" in err
+
+
+def test_a_planted_experiment_trains_full_on_the_noisy_pool_and_clean_on_its_clean_part(tmp_path, tiny_model_dir):
+    """`plant`: noise planted in the first pool_limit records (DIR/data-planted), `full` on all of them, the
+    `clean` oracle on exactly the records labelled clean, with no warm-up or scoring for these two arms."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from grads.cli import app
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "pool_limit": 16, "max_length": 64, "methods": ["clean"], "seeds": [0],
+        "plant": {"share": 0.25, "kinds": ["swap", "duplicate"], "seed": 3}, "train": {"batch_size": 8},
+        "eval": {"domain_tasks": [], "general_tasks": [], "validation_tasks": [],
+                 "heldout": ["{out}/data/heldout_explanations.jsonl"], "heldout_limit": 4}}))
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", str(config), "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    labels = json.loads((out / "data-planted" / "labels.json").read_text())
+    assert len(labels) == 18 and sorted(labels.values()).count("clean") == 14  # 16 + 2 duplicates; 4 planted
+    assert len((out / "data-planted" / "clean.jsonl").read_text().splitlines()) == 16
+    full = json.loads((out / "runs" / "full-s0" / "results.json").read_text())
+    clean = json.loads((out / "runs" / "clean-s0" / "results.json").read_text())
+    assert full["n_train"] == 18 and clean["n_train"] == 14
+    trained = [json.loads(line)["id"] for line in (out / "runs" / "clean-s0" / "train.jsonl").read_text().splitlines()]
+    assert sorted(trained) == sorted(i for i, kind in labels.items() if kind == "clean")
+    assert not (out / "select").exists()  # neither arm needs scores
+
+
+def test_a_clean_arm_without_planting_is_refused(tmp_path):
+    from grads.errors import GradsError
+    from grads.experiment.config import config_from
+
+    with pytest.raises(GradsError, match="needs `plant`"):
+        config_from({"methods": ["clean"]}, tmp_path / "exp.yaml")

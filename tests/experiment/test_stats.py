@@ -117,3 +117,33 @@ def test_a_figure_measured_at_fewer_seeds_counts_its_own_pairs():
     assert row["dG_bpb_mean"] == pytest.approx(0.05)  # (1.5 - 1.40) - (1.5 - 1.45)
     assert with_interval(row, "G_bpb") == "+0.050 (one seed)"
     assert with_interval(row, "G").startswith("+0.030 [")
+
+
+def test_question_use_gained_by_hand():
+    """Q_bpb = mean over the domain held-out files (G_bpb's: a general held-out file is left out) of run − base
+    question_use_bpb, from two results dicts as `grads eval` writes them; NaN where either lacks the figure (runs
+    evaluated before it), the other figures untouched."""
+    base = {"tasks": tasks(med=0.30), "heldout": {
+        "exp": {"bpb": 1.50, "bpb_mismatched": 1.62, "question_use_bpb": 0.12},
+        "other": {"bpb": 1.30, "bpb_mismatched": 1.50, "question_use_bpb": 0.20},
+        "gsm": {"bpb": 0.90, "bpb_mismatched": 1.90, "question_use_bpb": 1.00}}}
+    run = {"tasks": tasks(med=0.30), "heldout": {
+        "exp": {"bpb": 1.40, "bpb_mismatched": 1.57, "question_use_bpb": 0.17},
+        "other": {"bpb": 1.26, "bpb_mismatched": 1.44, "question_use_bpb": 0.18},
+        "gsm": {"bpb": 0.95, "bpb_mismatched": 0.95, "question_use_bpb": 0.00}}}
+    ev = EvalConfig(domain_tasks=("med",), general_tasks=(), general_heldout=("data/gsm.jsonl",))
+    figures = run_figures(run, base, ev)
+    assert figures["Q_bpb"] == pytest.approx(((0.17 - 0.12) + (0.18 - 0.20)) / 2)  # +0.015: gsm not counted
+    assert figures["G_bpb"] == pytest.approx((0.10 + 0.04) / 2)
+
+    def without_question_use(result):
+        return {**result, "heldout": {n: {"bpb": v["bpb"]} for n, v in result["heldout"].items()}}
+
+    for old_run, old_base in [(without_question_use(run), base), (run, without_question_use(base)),
+                              (without_question_use(run), without_question_use(base))]:
+        old = run_figures(old_run, old_base, ev)
+        assert math.isnan(old["Q_bpb"])
+        assert {k: v for k, v in old.items() if k != "Q_bpb"} == {k: v for k, v in figures.items() if k != "Q_bpb"}
+    # a file whose figure was not measured (NaN: a template that renders answers by their question) is skipped
+    run["heldout"]["other"]["question_use_bpb"] = math.nan
+    assert run_figures(run, base, ev)["Q_bpb"] == pytest.approx(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,39 @@ def test_claims_script_reads_each_claim_from_the_paired_intervals(tmp_path):
               (line.split(" | ") for line in claims_script.rows(tmp_path / "grid")[2:])}
     assert claims[("grads-0.5 − length-0.5", "G_bpb")] == "grads against length"
 
+
+
+def test_claims_script_reads_question_use_where_the_runs_measure_it(tmp_path):
+    """Q_bpb (question use gained) is read like learning (> 0 supports a claim) in the claims and verdict tables,
+    with its own interval, when the runs carry question_use_bpb; runs without it (the test above) have no Q_bpb
+    rows."""
+    write_pilot(tmp_path / "grid", [1.20, 1.21, 1.22])
+    runs = tmp_path / "grid" / "runs"
+    base_file = runs / "base" / "results.json"
+    base = json.loads(base_file.read_text())
+    base["heldout"]["h"]["question_use_bpb"] = 0.20
+    base_file.write_text(json.dumps(base))
+    for seed, (full, grads) in enumerate([(0.15, 0.21), (0.16, 0.23), (0.14, 0.20)]):
+        path = runs / f"full-s{seed}" / "results.json"
+        run = json.loads(path.read_text())
+        run["heldout"]["h"]["question_use_bpb"] = full
+        path.write_text(json.dumps(run))
+        run = {"run": f"grads-0.05-s{seed}", "method": "grads", "ratio": 0.05, "seed": seed,
+               "tasks": run["tasks"], "heldout": {"h": {"bpb": 1.25, "question_use_bpb": grads}}}
+        (runs / run["run"]).mkdir()
+        (runs / run["run"] / "results.json").write_text(json.dumps(run))
+    claims_script = script_module("claims")
+    claims = {(c[1], c[3]): (c[4], c[6]) for c in
+              (line.split(" | ") for line in claims_script.rows(tmp_path / "grid")[2:])}
+    # grads − full, Q_bpb per seed: +0.06, +0.07, +0.06: mean +0.0633, sd 0.00577 (t(0.975, 2) = 4.3027)
+    sd = statistics.stdev([0.06, 0.07, 0.06])
+    half = 4.302652729911275 * sd / 3 ** 0.5
+    mean = (0.06 + 0.07 + 0.06) / 3
+    assert claims[("grads-0.05 − full", "Q_bpb")] == (f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]",
+                                                     "supports")
+    verdicts = {(c[1], c[2], c[3], c[5]) for c in
+                (line.split(" | ") for line in claims_script.verdict_rows(tmp_path / "grid")[2:])}
+    assert verdicts == {("grads", "0.05", "full", figure) for figure in ("G_bpb", "F_bpb", "Q_bpb")}
 
 def scores(folder: Path, n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)

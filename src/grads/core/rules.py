@@ -246,6 +246,16 @@ def control_overlap(table: pd.DataFrame, method: str, picked: np.ndarray, ratio:
     return {"of": target or "grads", **record}
 
 
+LABEL = "label"  # the column a --labels run adds to the table: "clean" or the planted kind (grads.core.noise)
+
+
+def select_clean(table, ratio, seed, cfg=None):
+    """Oracle (planted pools only): every eligible row labelled clean, the pool minus what was planted."""
+    if LABEL not in table:
+        raise ValueError("clean needs the labels of a planted pool (grads select --labels labels.json)")
+    return np.flatnonzero(eligible(table) & (table[LABEL] == "clean").to_numpy())
+
+
 def select_full(table, ratio, seed, cfg=None):
     """Baseline: the whole pool, every row."""
     return np.arange(len(table))
@@ -284,6 +294,70 @@ def select_gradnorm(table, ratio, seed, cfg=None):
     return top_k(total_grad_norm(table), _k(table, ratio), table)
 
 
+DEFAULT_TRIM_SHARE = 0.3  # trim:SIGNAL drops this share unless told (the pilot's share, docs/noise.md)
+
+
+@dataclass(frozen=True)
+class TrimSignal:
+    """What a `trim:` rule drops: the rows whose `suspicion` is highest (a share of the eligible rows), or, with no
+    share given and a `threshold`, every row at or above it."""
+
+    suspicion: Callable[[pd.DataFrame, DensitySpec], np.ndarray]
+    description: str
+    columns: tuple[str, ...] = ()
+    threshold: float | None = None
+
+
+TRIM_SIGNALS: dict[str, TrimSignal] = {
+    "loss": TrimSignal(lambda t, cfg: t["loss"].to_numpy(float), "the highest loss of the answer given its question"),
+    "answer-only-loss": TrimSignal(lambda t, cfg: t["answer_only_loss"].to_numpy(float),
+                                   "the highest loss of the answer alone, without its question",
+                                   columns=("answer_only_loss",)),
+    "ifd": TrimSignal(lambda t, cfg: ifd_scores(t), "IFD ≥ 1, where the question does not help (Cherry, "
+                      "Superfiltering); with a share, the highest IFD", columns=("answer_only_loss",), threshold=1.0),
+    "density": TrimSignal(lambda t, cfg: -density(t, cfg)[1], "the lowest density of the combined signal"),
+}
+
+
+def parse_trim(argument: str | None) -> tuple[str, float | None]:
+    """'loss:0.3' -> ('loss', 0.3); 'ifd' -> ('ifd', None). Raises ValueError on an unknown signal or a share
+    outside (0, 1)."""
+    signal, _, share = (argument or "").partition(MATCH)
+    if signal not in TRIM_SIGNALS:
+        raise ValueError(f"unknown trim signal {signal!r}: use {', '.join(TRIM_SIGNALS)}")
+    if not share:
+        return signal, None
+    q = float(share)
+    if not 0 < q < 1:
+        raise ValueError(f"a trim share must be in (0, 1), got {share}")
+    return signal, q
+
+
+def trim_flags(table: pd.DataFrame, argument: str, cfg: DensitySpec = DEFAULTS) -> np.ndarray:
+    """The eligible rows `trim:argument` drops (a boolean mask): the share q with the highest suspicion (ties by
+    id hash), or every row at or above the signal's threshold when no share is given and it has one (else the
+    default share)."""
+    signal, share = parse_trim(argument)
+    spec = TRIM_SIGNALS[signal]
+    suspicion = spec.suspicion(table, cfg)
+    ok = eligible(table)
+    flags = np.zeros(len(table), dtype=bool)
+    if share is None and spec.threshold is not None:
+        flags[ok & (suspicion >= spec.threshold)] = True
+        return flags
+    q = DEFAULT_TRIM_SHARE if share is None else share
+    flags[top_k(suspicion, n_keep(int(ok.sum()), q), table)] = True
+    return flags
+
+
+def select_trim(table, ratio, seed, cfg: DensitySpec = DEFAULTS, argument: str = "loss"):
+    """Filter, then draw: drop what `trim_flags` flags, then ⌈ρN⌉ of the rest at random (N: the eligible rows;
+    fewer when fewer are left), in the seeded order of `random`."""
+    candidates = np.flatnonzero(eligible(table) & ~trim_flags(table, argument, cfg))
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    return np.sort(candidates[order[:_k(table, ratio)]])
+
+
 @dataclass(frozen=True)
 class Rule:
     """One selection method: its function and what it reads."""
@@ -297,7 +371,13 @@ class Rule:
     # a rule that chooses its own budget: (table, spec) -> (the ratio it keeps, how it chose), for selection.json
     budget: Callable[[pd.DataFrame, DensitySpec], tuple[float, str]] | None = None
     columns: tuple[str, ...] = ()  # score columns it needs beyond grads score's (computed by the select stage)
-    matches: bool = False  # a control matched to another rule's subset: `NAME:RULE` (NAME alone: RULE is grads)
+    # what follows NAME: in a method name: "rule" for a control matched to another rule's subset (`NAME:RULE`;
+    # NAME alone: RULE is grads), "trim" for a trim signal and share (`trim:SIGNAL[:q]`), None: nothing
+    argument: Literal["rule", "trim", None] = None
+
+    @property
+    def matches(self) -> bool:
+        return self.argument == "rule"
 
 
 RULES: dict[str, Rule] = {
@@ -317,13 +397,18 @@ RULES: dict[str, Rule] = {
     "random-tokens": Rule(select_random_tokens, "random examples carrying as many answer tokens as the grads subset "
                           "(token-matched baseline)"),
     "random-matched": Rule(select_random_matched, "random examples of the grads subset's count and answer lengths, "
-                           "or of RULE's with random-matched:RULE (length-matched baseline)", matches=True),
+                           "or of RULE's with random-matched:RULE (length-matched baseline)", argument="rule"),
     "full": Rule(select_full, "the whole pool, every row (baseline)", takes_ratio=False),
+    "clean": Rule(select_clean, "every record labelled clean: the pool minus the planted ones (oracle; needs "
+                  "--labels)", takes_ratio=False),
     "length": Rule(select_length, "the longest answers (baseline)"),
     "loss": Rule(select_loss, "the highest answer loss at the scoring model (baseline)"),
     "ifd": Rule(select_ifd, "highest instruction-following difficulty below 1 (Cherry LLM baseline)",
                 columns=("answer_only_loss",)),
     "gradnorm": Rule(select_gradnorm, "the largest total gradient norm, embedding + head (baseline)"),
+    "trim": Rule(select_trim, "trim:SIGNAL[:q]: drop the share q a signal flags (SIGNAL: "
+                 f"{', '.join(TRIM_SIGNALS)}; q default {DEFAULT_TRIM_SHARE}, ifd without q: IFD ≥ 1), then a random "
+                 "draw from the rest (noise filter)", argument="trim"),
 }
 
 
@@ -342,10 +427,30 @@ def rule_of(method: str) -> Rule:
 
 
 def _known(method: str) -> bool:
-    name, target = split_method(method)
-    if name not in RULES or (target is not None and not RULES[name].matches):
+    name, argument = split_method(method)
+    if name not in RULES:
         return False
-    return target is None or (target in RULES and RULES[target].takes_ratio and not RULES[target].matches)
+    rule = RULES[name]
+    if rule.argument == "trim":
+        try:
+            parse_trim(argument)
+        except ValueError:
+            return False
+        return True
+    if argument is None:
+        return True
+    if not rule.matches:
+        return False
+    return _known(argument) and RULES[split_method(argument)[0]].takes_ratio and not rule_of(argument).matches
+
+
+def columns_of(method: str) -> tuple[str, ...]:
+    """The score columns beyond grads score's that a method needs (its own, its trim signal's, its target's)."""
+    name, argument = split_method(method)
+    rule = RULES[name]
+    extra = TRIM_SIGNALS[parse_trim(argument)[0]].columns if rule.argument == "trim" else \
+        columns_of(argument) if rule.matches and argument else ()
+    return tuple(dict.fromkeys(rule.columns + extra))
 
 
 def check_methods(names) -> None:
@@ -353,7 +458,8 @@ def check_methods(names) -> None:
     if unknown:
         raise GradsError(f"unknown method(s) {', '.join(unknown)}",
                          hint=f"use: {', '.join(RULES)}; a matched control as NAME{MATCH}RULE, e.g. "
-                              f"random-matched{MATCH}length")
+                              f"random-matched{MATCH}length; a filter as trim{MATCH}SIGNAL[{MATCH}q] with SIGNAL one "
+                              f"of {', '.join(TRIM_SIGNALS)} and q in (0, 1), e.g. trim{MATCH}loss{MATCH}0.3")
 
 
 def check_ratios(ratios) -> None:
@@ -370,12 +476,12 @@ def output_name(method: str, ratio: float | None) -> str:
 def select(table: pd.DataFrame, method: str, ratio: float | None, seed: int = 0,
            cfg: DensitySpec = DEFAULTS) -> np.ndarray:
     check_methods([method])
-    name, target = split_method(method)
+    name, argument = split_method(method)
     rule = RULES[name]
-    missing = [c for c in rule.columns if c not in table]
+    missing = [c for c in columns_of(method) if c not in table]
     if missing:
         raise ValueError(f"{method} needs the column(s) {', '.join(missing)} (grads select computes them when "
                          f"{method} is asked)")
     if rule.signal:
         cfg = dataclasses.replace(cfg, signal=rule.signal)
-    return rule.select(table, ratio, seed, cfg, target=target) if target else rule.select(table, ratio, seed, cfg)
+    return rule.select(table, ratio, seed, cfg, argument) if argument else rule.select(table, ratio, seed, cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from grads.config import (
     DataConfig,
@@ -31,7 +31,20 @@ from grads.errors import GradsError
 from grads.experiment.arms import MODIFIERS, split_arm
 
 # settings that say which runs the grid holds, not what a run computes: a resumed grid may change them
+SCORE_FREE = ("clean",)  # arms that read only the planted labels: no warm-up or scoring for them
+PLANTED = "data-planted"  # DIR/data-planted: the noisy pool, its labels and plant.json
 GRID_SHAPE = ("methods", "ratios", "arm_ratios", "seeds", "arm_seeds", "include_full", "order")
+
+
+class PlantConfig(StageConfig):
+    """Noise planted in the experiment's pool (`grads data plant` on its first `pool_limit` records): the runs
+    train on the noisy pool, the selections read its labels (the `clean` oracle, selection.json's `noise`)."""
+
+    share: float = Field(gt=0, lt=1, description="the fraction of the noisy pool that is planted")
+    kinds: tuple[str, ...] = Field(description="grads.data.plant.KINDS, split equally")
+    offdomain: str | None = Field(None, description="the records `offdomain` puts in: a bundled data set "
+                                  "(prepared into DIR/data-NAME) or a file")
+    seed: int = Field(0, description="chooses the planted records and their damage")
 
 
 class ExperimentConfig(StageConfig):
@@ -59,6 +72,8 @@ class ExperimentConfig(StageConfig):
     warmup_from: str | None = added(None, "0.2", description="another experiment folder whose warm-up and scores "
                                     "this one reuses (a selection or recipe variant); its model, data and warm-up "
                                     "settings must be the same")
+    plant: PlantConfig | None = added(None, "0.5", description="plant labelled noise in the pool first (the "
+                                      "noisy grids: the `clean` arm is the oracle)")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     device: str = like(ModelConfig, "device")
@@ -90,7 +105,24 @@ class ExperimentConfig(StageConfig):
                 return ("theta0" if theta0 else "own-warmup") in modifiers
             return "theta0" not in modifiers
 
-        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods if wanted(split_arm(a)[1])))
+        return tuple(dict.fromkeys(split_arm(a)[0] for a in self.methods if wanted(split_arm(a)[1])
+                                   and split_arm(a)[0] not in SCORE_FREE))
+
+    @model_validator(mode="after")
+    def _clean_needs_plant(self) -> ExperimentConfig:
+        if self.plant is None and any(split_arm(a)[0] in SCORE_FREE for a in self.methods):
+            raise GradsError("the clean arm is the pool minus its planted records: it needs `plant`",
+                             hint="add plant: {share: ..., kinds: [...]} or drop the clean arm")
+        return self
+
+    @property
+    def data_limit(self) -> int | None:
+        """The records read from the pool file: pool_limit, or all of a planted pool (planted from that many)."""
+        return None if self.plant else self.pool_limit
+
+    def labels_path(self, out: Path) -> Path | None:
+        """A planted pool's labels.json (None without planting)."""
+        return out / PLANTED / "labels.json" if self.plant else None
 
     def stage_model(self, model: str | None = None) -> ModelConfig:
         return ModelConfig(model=model or self.model, dtype=self.dtype, device=self.device)
@@ -103,12 +135,13 @@ class ExperimentConfig(StageConfig):
         selection of the @theta0 arms, at the base model; seed: the selection of the @own-warmup arms of that
         seed, after a warm-up whose sample and order that seed draws."""
         return SelectJob(model=self.stage_model(), data=DataConfig(data=pool_path, max_length=self.max_length,
-                                                                    limit=self.pool_limit),
+                                                                    limit=self.data_limit),
                          score=ScoreConfig(batch_size=self.score_batch_size), train=self.train,
                          select=SelectConfig(methods=self.selected_methods(theta0, seed is not None) or ("grads",),
                                              ratios=self.ratios, seed=seed or 0,
                                              warmup_epochs=0.0 if theta0 else self.warmup_epochs,
-                                             warmup_fraction=self.warmup_fraction, signal=self.selection_signal),
+                                             warmup_fraction=self.warmup_fraction, signal=self.selection_signal,
+                                             labels=self.labels_path(out.parent)),
                          out=out)
 
     def train_job(self, run_dir: Path, seed: int, max_steps: int | None = None) -> TrainJob:

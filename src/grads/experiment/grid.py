@@ -13,7 +13,7 @@ from the scores after a warm-up of seed N (DIR/select-seed-N; seed 0's is the sh
 interval covers the method's own variance. Arms are compared like methods:
 seed-paired, against `random` of the same ratio and `full`. A warm-up of one recipe epoch on the whole pool is the
 `full` run of its seed: that run adopts the warm-up's model rather than training the same thing again.
-The figures (G_bpb, F_bpb, G_acc, F_acc, G_val) and their intervals are grads.experiment.stats'.
+The figures (G_bpb, F_bpb, G_acc, F_acc, G_val, Q_bpb) and their intervals are grads.experiment.stats'.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from grads.core.rules import LABEL
 from grads.errors import GradsError
 from grads.experiment.arms import run_name, scores_source, selection_folder, split_arm
-from grads.experiment.config import GRID_SHAPE, ExperimentConfig, config_from, load_config
+from grads.experiment.config import GRID_SHAPE, PLANTED, ExperimentConfig, config_from, load_config
 from grads.experiment.tables import write_summary
 from grads.infra import atomic
 
@@ -94,10 +95,33 @@ def _pool_path(cfg: ExperimentConfig, out: Path) -> Path:
         if not (out / f"data-{name}" / "prepare.json").exists():
             PREPARERS[name](out / f"data-{name}")
     if cfg.data not in PREPARERS:
-        return Path(cfg.data)
-    if not (out / "data" / "prepare.json").exists():
-        PREPARERS[cfg.data](out / "data")
-    return out / "data" / "pool.jsonl"
+        pool = Path(cfg.data)
+    else:
+        if not (out / "data" / "prepare.json").exists():
+            PREPARERS[cfg.data](out / "data")
+        pool = out / "data" / "pool.jsonl"
+    return _planted(cfg, out, pool) if cfg.plant else pool
+
+
+def _planted(cfg: ExperimentConfig, out: Path, pool: Path) -> Path:
+    """DIR/data-planted/pool.jsonl: noise planted (cfg.plant) in the pool's first pool_limit records, once."""
+    from grads.data.bundled import PREPARERS
+    from grads.data.plant import plant_file
+    from grads.data.readers import raw_rows
+    from grads.infra import atomic
+
+    folder, plant = out / PLANTED, cfg.plant
+    if (folder / "plant.json").exists():
+        return folder / "pool.jsonl"
+    offdomain = plant.offdomain
+    if offdomain in PREPARERS:
+        if not (out / f"data-{offdomain}" / "prepare.json").exists():
+            PREPARERS[offdomain](out / f"data-{offdomain}")
+        offdomain = out / f"data-{offdomain}" / "pool.jsonl"
+    rows = raw_rows(pool, cfg.pool_limit)
+    atomic.write_text(folder / "clean.jsonl", "".join(rows[i] + "\n" for i in range(len(rows))))
+    plant_file(folder / "clean.jsonl", folder, plant.share, plant.kinds, plant.seed, offdomain)
+    return folder / "pool.jsonl"
 
 
 def _warmup_source(cfg: ExperimentConfig, seed: int) -> str | None:
@@ -204,10 +228,13 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
     log("base model: evaluating")
     base = _evaluate_to(out / "runs" / "base" / "results.json", cfg.model, cfg, out, log)
     tokenizer = load_tokenizer(cfg.model)
-    pool = tokenized(scan_pool(pool_path, None, cfg.pool_limit), tokenizer, cfg.pool_limit, cfg.max_length)
+    pool = tokenized(scan_pool(pool_path, None, cfg.data_limit), tokenizer, cfg.data_limit, cfg.max_length)
     # only the full pool (a pilot): nothing to select, so no warm-up and no scoring
     frames = {"shared": pd.DataFrame({"id": pool.dataset["id"], "row": pool.rows,
                                       "n_target_tokens": pool.n_target_tokens, "status": "ok"})}
+    if cfg.plant:  # the `clean` oracle reads the labels (a selection's scores.parquet carries them too)
+        labels = json.loads(cfg.labels_path(out).read_text())
+        frames["shared"][LABEL] = frames["shared"]["id"].map(labels)
     if cfg.selected_methods():
         if cfg.warmup_from:
             adopt_upstream(Path(cfg.warmup_from) / "select", select_job, log)
@@ -217,7 +244,7 @@ def _run(cfg: ExperimentConfig, out: Path, log, max_runs: int | None) -> Path:
         log("the @theta0 arms: selecting at the base model")
         run_select(cfg.select_job(pool_path, out / "select-theta0", theta0=True), log=log)
         frames["theta0"] = load_scores(out / "select-theta0")
-    rows = raw_rows(pool_path, cfg.pool_limit)
+    rows = raw_rows(pool_path, cfg.data_limit)
     done = 0
     for run in planned_runs(cfg):
         if (out / "runs" / run_name(*run) / "results.json").exists():

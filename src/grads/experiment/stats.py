@@ -10,6 +10,9 @@ Figures of a run (base = the base model's evaluation, same items):
     G     = mean over domain tasks of (run accuracy − base accuracy)          (G_acc; rotated letter questions)
     F     = mean over general tasks with an accuracy of (base − run accuracy) (F_acc)
     G_val = G on the validation tasks (the figure variants are chosen on)
+    Q_bpb = mean over the held-out answer files of G_bpb of (run − base question_use_bpb)   > 0: uses the question
+            more (question_use_bpb = bpb of the answers under other examples' questions − under their own:
+            grads.eval.heldout); NaN for runs evaluated before it existed
 A paired difference is taken between two runs of the same seed (and ratio; `full` has none); over n seeds its
 95% interval is mean ± t(0.975, n−1)·sd/√n, and a difference whose interval holds 0 is "not distinguishable".
 Many comparisons read together are corrected by Holm's step-down rule on the paired t tests' p-values (`holm`).
@@ -24,9 +27,12 @@ from pathlib import Path
 
 from scipy.stats import t as student_t
 
-FIGURES = ("G", "F", "G_val", "G_bpb", "F_bpb", "F_bpb_bytes")
+FIGURES = ("G", "F", "G_val", "G_bpb", "F_bpb", "F_bpb_bytes", "Q_bpb")
 LABELS = {"G": "G_acc", "F": "F_acc", "G_val": "G_val", "G_bpb": "G_bpb", "F_bpb": "F_bpb",
-          "F_bpb_bytes": "F_bpb_bytes"}
+          "F_bpb_bytes": "F_bpb_bytes", "Q_bpb": "Q_bpb"}
+# figures added after experiments were run: a summary lists one only where some run measures it, so that the
+# summaries of runs evaluated before it existed read exactly as they did
+ADDED_FIGURES = ("Q_bpb",)
 
 
 def _mean_change(run: dict, base: dict, names, value: str, sign: int) -> float:
@@ -76,12 +82,14 @@ def run_figures(run: dict, base: dict, ev) -> dict[str, float]:
     heldout, base_heldout = run.get("heldout", {}), base.get("heldout", {})
     tasks, base_tasks, general_tasks = general_measures(run, ev), general_measures(base, ev), general_names(ev)
     general = set(ev.general_heldout_names())
+    domain_heldout = [n for n in base_heldout if n not in general]
     return {"G": _mean_change(tasks, base_tasks, ev.domain_tasks, "accuracy", +1),
             "F": _mean_change(tasks, base_tasks, general_tasks, "accuracy", -1),
             "G_val": _mean_change(tasks, base_tasks, ev.validation_tasks, "accuracy", +1),
-            "G_bpb": _mean_change(heldout, base_heldout, [n for n in base_heldout if n not in general], "bpb", -1),
+            "G_bpb": _mean_change(heldout, base_heldout, domain_heldout, "bpb", -1),
             "F_bpb": _mean_change(tasks, base_tasks, general_tasks, "bpb", +1),
-            "F_bpb_bytes": _bytes_weighted_change(tasks, base_tasks, general_tasks)}
+            "F_bpb_bytes": _bytes_weighted_change(tasks, base_tasks, general_tasks),
+            "Q_bpb": _mean_change(heldout, base_heldout, domain_heldout, "question_use_bpb", +1)}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

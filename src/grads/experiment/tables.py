@@ -10,6 +10,7 @@ from pathlib import Path
 from grads.experiment.figures import plot_gain_forgetting
 from grads.experiment.stability import experiment_selections, stability, stability_lines
 from grads.experiment.stats import (
+    ADDED_FIGURES,
     FIGURES,
     LABELS,
     aggregate,
@@ -59,14 +60,17 @@ def _measured(rows: list[dict]) -> list[str]:
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
-    figures = [f"{LABELS[n]}_{s}" for n in FIGURES for s in ("mean", "std")]
+    """Every figure's mean and std (an ADDED_FIGURES one where some row measures it), then `columns`."""
+    measured = set(_measured(rows))
+    listed = [n for n in FIGURES if n not in ADDED_FIGURES or n in measured]
+    figures = [f"{LABELS[n]}_{s}" for n in listed for s in ("mean", "std")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["method", "ratio", "n_seeds", "answer_tokens", *figures, *columns])
     writer.writeheader()
     for row in rows:
         writer.writerow({"method": row["method"], "ratio": "" if row["ratio"] is None else row["ratio"],
                          "n_seeds": len(row["seeds"]), "answer_tokens": row["answer_tokens"],
-                         **{f"{LABELS[n]}_{s}": row[f"{n}_{s}"] for n in FIGURES for s in ("mean", "std")},
+                         **{f"{LABELS[n]}_{s}": row[f"{n}_{s}"] for n in listed for s in ("mean", "std")},
                          **{c: row.get(c, math.nan) for c in columns}})
     return buffer.getvalue()
 
@@ -140,8 +144,9 @@ def write_summary(out: Path, cfg, base: dict) -> None:
     atomic.write_text(out / "summary.csv", _csv(rows, columns))
     measured = _measured(rows) or ["G", "F"]
     base_line = [f"{t} {task_value(base['tasks'][t]):.4g}" for t in ev.all_tasks() if t in base["tasks"]]
-    base_line += [f"held-out {n} bpb {v['bpb']:.4f}" for n, v in base.get("heldout", {}).items()]
-    lines = ["# Experiment summary", "", _preamble(cfg), "", "Base model: " + ", ".join(base_line) + ".", "",
+    base_line += [f"held-out {n} bpb {v['bpb']:.4f}" + _question_use(v) for n, v in base.get("heldout", {}).items()]
+    lines = ["# Experiment summary", "", _preamble(cfg, "Q_bpb" in measured), "",
+             "Base model: " + ", ".join(base_line) + ".", "",
              *_figures_table(rows, measured, [c for c in columns if not c.startswith("F:")], base),
              *_forgetting_table(rows, general_names(ev), general_measures(base, ev))]
     for reference in REFERENCES:
@@ -157,7 +162,12 @@ def write_summary(out: Path, cfg, base: dict) -> None:
     plot_gain_forgetting(out / "g_vs_f.png", rows, "bpb" if "G_bpb" in measured else "acc")
 
 
-def _preamble(cfg) -> str:
+def _question_use(heldout: dict) -> str:
+    """' (question use +0.1234)' for a held-out file's summary that has it (runs evaluated before it: '')."""
+    return f" (question use {pm(heldout['question_use_bpb'], None, 4)})" if "question_use_bpb" in heldout else ""
+
+
+def _preamble(cfg, question_use: bool = False) -> str:
     ev, train = cfg.eval, cfg.train
     length = f"{train.max_steps} optimizer steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
     recipe = f"{'LoRA' if train.lora else 'full'}, {length} of batch {train.batch_size * train.grad_accum}, " \
@@ -167,8 +177,9 @@ def _preamble(cfg) -> str:
             "task" + "".join(f", {t} {n}" for t, n in ev.limits.items()) + f"; letter questions in {rotations}. "
             f"Fine-tune per run: {recipe}; " + _scoring(cfg) + ". Figures as in grads.experiment.stats: G_bpb = "
             "held-out bpb gained, F_bpb = general bpb lost, "
-            "G_acc / F_acc the same with accuracy, G_val on the validation tasks (for choosing variants only). "
-            "Mean ± std over seeds.")
+            "G_acc / F_acc the same with accuracy, G_val on the validation tasks (for choosing variants only)"
+            + (", Q_bpb = held-out question use gained (answers' bpb under other examples' questions − under their "
+               "own)" if question_use else "") + ". Mean ± std over seeds.")
 
 
 def _scoring(cfg) -> str:

@@ -40,8 +40,10 @@ def heldout_file(out: str | Path) -> Path:
 def run_eval(job, log=None) -> dict:
     """The evaluation stage (`grads eval`): every task of job.tasks and every held-out file of job.heldout on
     job.model -> job.out (JSON) and its per-item records beside it (items_file, heldout_file); returns what went
-    into the JSON. Unknown tasks, unreadable held-out files and a missing backend fail before the model loads."""
-    from grads.eval.heldout import read_heldout, score_heldout
+    into the JSON. Each held-out file's summary carries question use (grads.eval.heldout) unless
+    job.question_use is off. Unknown tasks, unreadable held-out files and a missing backend fail before the model
+    loads."""
+    from grads.eval.heldout import read_heldout, read_mismatched, score_heldout
     from grads.eval.tasks import expand
     from grads.infra import atomic
     from grads.infra.models import load_model, load_tokenizer
@@ -53,6 +55,8 @@ def run_eval(job, log=None) -> dict:
     m = job.model
     tokenizer = load_tokenizer(m.model, trust_remote_code=m.trust_remote_code)
     heldout = {path: read_heldout(path, tokenizer, job.max_length, job.heldout_limit) for path in job.heldout}
+    mismatched = {path: read_mismatched(path, tokenizer, job.max_length, job.heldout_limit) for path in heldout
+                  } if job.question_use else {}
     model = load_model(m.model, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     if hasattr(model, "merge_and_unload"):  # a LoRA adapter folded into its base once: evaluation only runs
         model = model.merge_and_unload()    # forwards, and the adapter's own matmuls add a third to each (0.75x)
@@ -60,8 +64,8 @@ def run_eval(job, log=None) -> dict:
     results = evaluator(model, tokenizer, names, job.limit, batch_size=job.batch_size, log=log, limits=job.limits,
                         rotations=job.mc_rotations) if names else {}
     records = {key: r.pop("items") for key, r in results.items() if "items" in r}
-    held = {name: score_heldout(model, pool, job.batch_size, tokenizer, log, name) for name, pool in
-            _named(heldout).items()}
+    held = {name: score_heldout(model, heldout[path], job.batch_size, tokenizer, log, name, mismatched.get(path))
+            for path, name in _named(list(heldout)).items()}
     payload = {"model": m.model, "limit": job.limit, "backend": job.backend, "mc_rotations": job.mc_rotations,
                "tasks": results, "heldout": {name: summary for name, (summary, _) in held.items()},
                "seconds": round(time.perf_counter() - started, 1), **({"limits": job.limits} if job.limits else {})}
@@ -70,11 +74,11 @@ def run_eval(job, log=None) -> dict:
     return payload
 
 
-def _named(heldout: dict) -> dict:
-    """Held-out files by a short name: the file's stem (its parent folder's name too when two stems clash)."""
-    stems = [Path(p).stem for p in heldout]
-    return {(Path(p).stem if stems.count(Path(p).stem) == 1 else f"{Path(p).parent.name}/{Path(p).stem}"): pool
-            for p, pool in heldout.items()}
+def _named(paths: list) -> dict:
+    """Each held-out file's short name: its stem (its parent folder's name too when two stems clash)."""
+    stems = [Path(p).stem for p in paths]
+    return {p: Path(p).stem if stems.count(Path(p).stem) == 1 else f"{Path(p).parent.name}/{Path(p).stem}"
+            for p in paths}
 
 
 def _write_records(out: str | Path, records: dict[str, list[dict]], heldout: dict) -> None:

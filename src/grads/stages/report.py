@@ -177,6 +177,63 @@ def cost_section(cost: dict | None) -> str:
     return _table(["stage", "seconds", "examples", "tokens"], rows) + f"<p>{html.escape(verdict)}</p>"
 
 
+def plot_kept(noise: dict, path: Path) -> bytes:
+    """Per output, the share of each planted kind in the subset (stacked bars), the pool's share as a line."""
+    outputs = noise["outputs"]
+    kinds = sorted({k for o in outputs.values() for k in o["share"] if k != "clean"})
+    names = list(outputs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
+    bottom = np.zeros(len(names))
+    for i, kind in enumerate(kinds):
+        shares = np.array([outputs[n]["share"].get(kind, 0.0) for n in names])
+        ax.bar(range(len(names)), shares, bottom=bottom, label=kind, color=COLOURS[i % len(COLOURS)])
+        bottom += shares
+    pool = sum(v for k, v in next(iter(outputs.values()))["pool_share"].items() if k != "clean") if names else 0
+    ax.axhline(pool, color="black", linestyle="--", linewidth=1, label=f"pool: {pool:.1%} planted")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("share of the subset")
+    ax.set_title("Planted records kept by each selection")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def noise_section(summary: dict, plots: Path) -> str:
+    """With --labels: each score's AUROC for planted records (overall and per kind) and what each output keeps."""
+    noise = summary.get("noise")
+    if not noise:
+        (plots / "noise_kept.png").unlink(missing_ok=True)  # an earlier run's plot no longer applies
+        return ""
+    kinds = [k for k in noise["counts"] if k != "clean"]
+    detect = [[name, d["direction"], f"{d['auroc']:.3f}"] + [f"{d['by_kind'].get(k, float('nan')):.3f}"
+                                                             for k in kinds]
+              for name, d in sorted(noise["detection"].items(), key=lambda item: -item[1]["auroc"])]
+    labels = sorted({k for o in noise["outputs"].values() for k in o["share"]})
+    kept = [[name] + [f"{o['share'].get(k, 0.0):.1%} (keeps {o['kept'].get(k, float('nan')):.0%})"
+                      for k in labels] for name, o in noise["outputs"].items()]
+    counts = ", ".join(f"{k} {n}" for k, n in noise["counts"].items())
+    return (f"<h2>Planted noise</h2><p>Labels <code>{html.escape(noise['labels'])}</code>: {html.escape(counts)} "
+            "among the eligible examples. AUROC: the chance that a planted record scores beyond a clean one in the "
+            "direction shown (0.5: the score cannot tell them apart); per kind, in the same direction (below 0.5: "
+            "that kind sits on the other side).</p>" +
+            _table(["score", "flags by", "AUROC (planted)"] + [f"AUROC ({k})" for k in kinds], detect) +
+            "<p>Each selection's share of every label, and the fraction of that label's records it keeps.</p>" +
+            _table(["file"] + labels, kept) + _img(plot_kept(noise, plots / "noise_kept.png"), "planted kept"))
+
+
+def canaries_section(summary: dict) -> str:
+    """With --canaries: how many of each kind of canary every selection's rule would keep."""
+    canaries = summary.get("canaries")
+    if not canaries:
+        return ""
+    kinds = list(canaries["eligible"])
+    rows = [[name, f"{o['pool_kept_share']:.1%}"] + [f"{o['kept'][k]} of {canaries['eligible'][k]}" for k in kinds]
+            for name, o in canaries["outputs"].items()]
+    return (f"<h2>Canaries</h2><p>{canaries['n']} noisy copies of this pool's own records, scored with it (the "
+            "warm-up never saw them). Each rule was run again on the pool with the canaries added: a rule that "
+            "removes bad data keeps a smaller share of the canaries than of the pool's own rows. No canary is in "
+            "a selected file.</p>" + _table(["file", "pool rows kept"] + kinds, rows))
+
+
 def controls_section(summary: dict) -> str:
     """Each matched control beside the subset it controls: what they share, what two random subsets of those sizes
     would share, and the warning when the control is close to a copy of its target."""
@@ -253,6 +310,8 @@ Signal <code>{html.escape(cfg.signal)}</code>, bandwidth {html.escape(str(cfg.ba
 <h2>Excluded examples</h2>{excluded_html}
 <h2>Overlap between selections</h2>{overlap}
 {controls_section(summary)}
+{noise_section(summary, plots)}
+{canaries_section(summary)}
 <h2>Examples</h2>{examples or "<p>(not shown)</p>"}
 </body></html>
 """

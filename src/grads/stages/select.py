@@ -24,10 +24,47 @@ import pyarrow.parquet as pq
 
 from grads._version import __version__
 from grads.config import SelectJob
-from grads.core.rules import control_overlap, output_name, rule_of, select
+from grads.core.rules import LABEL, columns_of, control_overlap, output_name, rule_of, select
 from grads.core.signals import density
 from grads.data.readers import raw_rows
 from grads.infra import atomic, models
+
+
+def read_labels(path: str | Path, ids: list[str]) -> dict[str, str]:
+    """labels.json (`grads data plant`: {id: "clean" or a kind}) checked against the pool's ids; GradsError
+    (exit 2) naming the file when it is not such an object or lacks an id of the pool."""
+    import json
+
+    from grads.errors import GradsError
+
+    hint = "pass the labels.json that `grads data plant` wrote beside this pool"
+    try:
+        labels = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GradsError(f"cannot read the labels: {err}", path=path, hint=hint) from None
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise GradsError('the labels are not a JSON object of id -> "clean" or a kind', path=path, hint=hint)
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise GradsError(f"{len(missing)} id(s) of the pool have no label, e.g. {missing[0]!r}", path=path,
+                         hint=hint)
+    return labels
+
+
+def noise_summary(frame: pd.DataFrame, chosen: dict, job: SelectJob) -> dict:
+    """selection.json's `noise`: the labels' counts, each score's AUROC for planted records (grads.core.noise)
+    and, per output, the share of each label it keeps against the eligible pool's."""
+    import numpy as np
+
+    from grads.core.noise import detection, kept_shares
+    from grads.core.signals import eligible
+
+    rows = frame[LABEL].to_numpy(dtype=object)
+    pool_rows = np.flatnonzero(eligible(frame))
+    return {"labels": str(job.select.labels),
+            "counts": {k: int(v) for k, v in pd.Series(rows[pool_rows]).value_counts().sort_index().items()},
+            "detection": detection(frame, rows, job.select.spec()),
+            "outputs": {name: kept_shares(rows, picked, pool_rows) for name, (picked, _) in chosen.items()}}
 
 
 def versions() -> dict[str, str]:
@@ -50,7 +87,7 @@ def read_scores(score_dir: str | Path, columns: set[str] = frozenset()) -> pd.Da
 
 
 def needed_columns(methods) -> set[str]:
-    return {column for method in methods for column in rule_of(method).columns}
+    return {column for method in methods for column in columns_of(method)}
 
 
 def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict]]:
@@ -82,6 +119,9 @@ def run_selection(job: SelectJob, upstream: dict) -> dict:
         atomic.remove_stale_temps(folder)
     frame = read_scores(out / "score", needed_columns(sel.methods))
     frame["combined"], frame["density"], bandwidth = density(frame, sel.spec())
+    labels = read_labels(sel.labels, frame["id"].astype(str).tolist()) if sel.labels is not None else None
+    if labels is not None:  # the planted kinds travel with the scores (the `clean` oracle and the grids read them)
+        frame[LABEL] = [labels[str(i)] for i in frame["id"]]
     atomic.write_parquet(out / "scores.parquet", pa.Table.from_pandas(frame, preserve_index=False))
     rows = raw_rows(job.data.data, job.data.limit)
     chosen = _choose(frame, job)
@@ -102,6 +142,12 @@ def run_selection(job: SelectJob, upstream: dict) -> dict:
         "warmup_model": upstream["warmup_model"], "cost": upstream.get("cost"),
         "outputs": {name: entry for name, (_, entry) in chosen.items()},
     }
+    if labels is not None:
+        summary["noise"] = noise_summary(frame, chosen, job)
+    if sel.canaries:
+        from grads.stages.canaries import canary_summary
+
+        summary["canaries"] = canary_summary(frame, summary["outputs"], job)
     atomic.write_json(out / "selection.json", summary)
     return summary
 
