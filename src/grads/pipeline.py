@@ -65,8 +65,8 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
     from grads.data.pool import tokenized
     from grads.infra import distributed, models
     from grads.stages.report import run_report
-    from grads.stages.score import add_columns, finished, run_score
-    from grads.stages.select import needed_columns, run_selection
+    from grads.stages.score import add_columns, finished, needed_columns, run_score
+    from grads.stages.select import run_selection
     from grads.stages.warmup import run_warmup
 
     out, sel = Path(job.out), job.select

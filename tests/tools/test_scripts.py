@@ -302,3 +302,27 @@ def test_matched_overlap_script_counts_what_each_matched_draw_shares_with_its_ta
         json.dumps(run | {"train_answer_tokens": 34}))
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "answer tokens" in done.stderr
+
+
+def test_canary_check_script_sets_planted_kept_beside_canaries_kept(tmp_path):
+    """Two outputs × two kinds by hand: the table's shares, and Spearman over the four pairs (ranks 1..4 against
+    1, 2, 4, 3: 0.8)."""
+    summary = {
+        "noise": {"outputs": {
+            "loss-0.5.jsonl": {"kept": {"clean": 0.6, "swap": 0.1, "shuffle": 0.3}},
+            "random-0.5.jsonl": {"kept": {"clean": 0.5, "swap": 0.45, "shuffle": 0.55}},
+            "full.jsonl": {"kept": {"clean": 1.0, "swap": 1.0, "shuffle": 1.0}}}},
+        "canaries": {"eligible": {"swap": 4, "shuffle": 4}, "outputs": {
+            "loss-0.5.jsonl": {"kept_share": {"swap": 0.0, "shuffle": 0.25}},
+            "random-0.5.jsonl": {"kept_share": {"swap": 0.75, "shuffle": 0.5}},
+            "full.jsonl": {"kept_share": {"swap": 1.0, "shuffle": 1.0}}}}}
+    (tmp_path / "selection.json").write_text(json.dumps(summary))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "canary_check.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| loss-0.5.jsonl | swap | 0.10 | 0.00 (4) | 0.60 |" in done.stdout
+    assert "over 4 output × kind pairs: 0.800; largest gap +0.30 (random-0.5.jsonl, swap)" in done.stdout
+    (tmp_path / "selection.json").write_text(json.dumps({"noise": summary["noise"]}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "canary_check.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "--canaries" in done.stderr

@@ -79,7 +79,7 @@ def canary_summary(frame: pd.DataFrame, outputs: dict, job: SelectJob) -> dict:
     with the canaries added, and the share of the pool's own eligible rows it keeps then."""
     from grads.core.rules import select
     from grads.core.signals import eligible
-    from grads.stages.select import needed_columns, read_scores
+    from grads.stages.score import needed_columns, read_scores
 
     folder = Path(job.out) / FOLDER
     labels = json.loads((folder / "labels.json").read_text())

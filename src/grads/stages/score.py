@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,9 @@ from grads.data.tokenize import TokenizedExample
 from grads.errors import GradsError
 from grads.eval.nll import target_nll
 from grads.infra import atomic, distributed
+
+if TYPE_CHECKING:  # read_scores returns a pandas DataFrame; pandas loads only where it is called
+    import pandas as pd
 
 CHUNK_DIR = "score-chunks"
 SECONDS_KEY = b"grads_seconds"  # a chunk's metadata: the wall seconds its rank spent scoring it
@@ -289,3 +293,19 @@ def add_columns(out_dir: str | Path, names: set[str], load_model, pool: Tokenize
             log(_PURPOSE.get(name, f"computing {name}"))
             values = EXTRA_COLUMNS[name](load_model(), pool, batch_size, pad_id)
             atomic.write_parquet(out_dir / f"{name}.parquet", pa.table({name: values}))
+
+
+def read_scores(score_dir: str | Path, columns: set[str] = frozenset()) -> pd.DataFrame:
+    """The score table, with the extra columns asked (each from its own file beside it)."""
+    score_dir = Path(score_dir)
+    frame = pq.read_table(score_dir / "scores.parquet").to_pandas()
+    for name in sorted(columns):
+        frame[name] = pq.read_table(score_dir / f"{name}.parquet").column(name).to_numpy()
+    return frame
+
+
+def needed_columns(methods) -> set[str]:
+    """The extra score columns (beside scores.parquet) that these selection methods read."""
+    from grads.core.rules import columns_of
+
+    return {column for method in methods for column in columns_of(method)}

@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 
 from grads._version import __version__
 from grads.config import SelectJob
-from grads.core.rules import LABEL, columns_of, control_overlap, output_name, rule_of, select
+from grads.core.rules import LABEL, control_overlap, output_name, rule_of, select
 from grads.core.signals import density
 from grads.data.readers import raw_rows
 from grads.infra import atomic, models
+from grads.stages.score import needed_columns, read_scores
 
 
 def read_labels(path: str | Path, ids: list[str]) -> dict[str, str]:
@@ -75,19 +76,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def read_scores(score_dir: str | Path, columns: set[str] = frozenset()) -> pd.DataFrame:
-    """The score table, with the extra columns asked (each from its own file beside it)."""
-    score_dir = Path(score_dir)
-    frame = pq.read_table(score_dir / "scores.parquet").to_pandas()
-    for name in sorted(columns):
-        frame[name] = pq.read_table(score_dir / f"{name}.parquet").column(name).to_numpy()
-    return frame
-
-
-def needed_columns(methods) -> set[str]:
-    return {column for method in methods for column in columns_of(method)}
 
 
 def _choose(frame: pd.DataFrame, job: SelectJob) -> dict[str, tuple[object, dict]]:
