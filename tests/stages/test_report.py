@@ -86,3 +86,30 @@ def test_report_escapes_every_example_text(tmp_path):
         assert raw not in page, raw
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10  # shown as text: ids, examples, path, ...
     assert "\\x1b[31m red \\u2028" in page
+
+
+def test_report_shows_planted_noise_and_canaries_with_hostile_labels_escaped(tmp_path):
+    """--labels and --canaries sections: a user's label such as '<b>$x$</b>' is text in the tables (escaped) and
+    in the plot's legend (no mathtext), and the sections go when a rerun has neither."""
+    from grads.core.noise import detection, kept_shares
+
+    cfg = DensitySpec()
+    rng = np.random.default_rng(2)
+    frame, summary, cfg, rows = report_inputs(score_table(rng.random(N) + 0.5, rng.random(N) + 0.5), cfg)
+    labels = np.array(["clean"] * 40 + ["<b>$x$</b>"] * 10, dtype=object)
+    picked = frame.index[frame["id"].isin(summary["outputs"]["grads-0.1.jsonl"]["ids"])].to_numpy()
+    summary["noise"] = {"labels": "labels.json", "counts": {"<b>$x$</b>": 10, "clean": 40},
+                        "detection": detection(frame, labels, cfg),
+                        "outputs": {"grads-0.1.jsonl": kept_shares(labels, picked, np.arange(N))}}
+    summary["canaries"] = {"n": 4, "eligible": {"swap": 2, "shuffle": 2}, "kinds": ["swap", "shuffle"],
+                           "outputs": {"grads-0.1.jsonl": {"kept": {"swap": 1, "shuffle": 0},
+                                                           "kept_share": {"swap": 0.5, "shuffle": 0.0},
+                                                           "pool_kept_share": 0.1}}}
+    page = write_report(tmp_path, frame, summary, cfg, rows).read_text()
+    assert "Planted noise" in page and "&lt;b&gt;$x$&lt;/b&gt;" in page and "<b>$x$</b>" not in page
+    assert "Canaries" in page and "1 of 2" in page and "10.0%" in page
+    assert (tmp_path / "plots" / "noise_kept.png").read_bytes()[:4] == b"\x89PNG"
+    summary.pop("noise"), summary.pop("canaries")
+    page = write_report(tmp_path, frame, summary, cfg, rows).read_text()
+    assert "Planted noise" not in page and "Canaries" not in page
+    assert not (tmp_path / "plots" / "noise_kept.png").exists()

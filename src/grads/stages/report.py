@@ -186,7 +186,8 @@ def plot_kept(noise: dict, path: Path) -> bytes:
     bottom = np.zeros(len(names))
     for i, kind in enumerate(kinds):
         shares = np.array([outputs[n]["share"].get(kind, 0.0) for n in names])
-        ax.bar(range(len(names)), shares, bottom=bottom, label=kind, color=COLOURS[i % len(COLOURS)])
+        ax.bar(range(len(names)), shares, bottom=bottom, label=kind.replace("$", r"\$"),  # no mathtext
+               color=COLOURS[i % len(COLOURS)])
         bottom += shares
     pool = sum(v for k, v in next(iter(outputs.values()))["pool_share"].items() if k != "clean") if names else 0
     ax.axhline(pool, color="black", linestyle="--", linewidth=1, label=f"pool: {pool:.1%} planted")
