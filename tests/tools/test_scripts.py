@@ -326,3 +326,41 @@ def test_canary_check_script_sets_planted_kept_beside_canaries_kept(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "canary_check.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "--canaries" in done.stderr
+
+
+def test_noise_pilot_script_sets_clean_minus_full_against_the_threshold(tmp_path):
+    """A pilot by hand: held-out bpb 1.30 (base), 1.20 (full), 1.10 (clean): G_bpb clean − full +0.1000 against
+    2·√2·0.01 = 0.0283 (separates); the general task's bpb moves 0.001 (F_bpb −0.0010 against 0.0283: does not).
+    The bootstrap of G_bpb over the examples holds the point value (every example is 0.1 bpb apart by
+    construction: nll per example scaled to its bytes)."""
+    folder, reference = tmp_path / "pilot", tmp_path / "ref"
+    (folder / "runs" / "base").mkdir(parents=True)
+    reference.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "methods": ["clean"], "seeds": [0], "plant": {"share": 0.25, "kinds": ["swap"]},
+        "eval": {"domain_tasks": [], "general_tasks": ["gsm8k"], "validation_tasks": [], "heldout": ["h.jsonl"]}}))
+    n_bytes = np.array([100, 250, 80, 400])
+
+    def run(arm: str, bpb: float, q: float, general: float) -> None:
+        nll = bpb * math.log(2) * n_bytes
+        held = pd.DataFrame({"file": "h", "row": range(4), "n_bytes": n_bytes, "n_tokens": 10, "nll": nll,
+                             "nll_mismatched": nll + q * math.log(2) * n_bytes})
+        result = {"tasks": {"gsm8k": {"bpb": general}},
+                  "heldout": {"h": {"bpb": bpb, "question_use_bpb": q}}}
+        where = folder / "runs" / (arm if arm == "base" else f"{arm}-s0")
+        where.mkdir(exist_ok=True)
+        (where / "results.json").write_text(json.dumps(result))
+        held.to_parquet(where / ("results.heldout.parquet" if arm == "base" else "eval.heldout.parquet"))
+
+    run("base", 1.30, 0.10, 0.700)
+    run("full", 1.20, 0.05, 0.702)
+    run("clean", 1.10, 0.12, 0.701)
+    pd.DataFrame([{"method": "full", "G_bpb_std": 0.01, "F_bpb_std": 0.01}]).to_csv(reference / "summary.csv",
+                                                                                   index=False)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_pilot.py"), str(folder), "--reference",
+                           str(reference)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split(" | ")[1]: line for line in done.stdout.splitlines() if line.startswith("| 0 |")}
+    assert "| +0.1000 | 0.0283 | yes | [+0.1000, +0.1000] |" in lines["G_bpb"]
+    assert "| -0.0010 | 0.0283 | no |" in lines["F_bpb"]
+    assert "| +0.0700 | nan | n/a (no seed sd) | [+0.0700, +0.0700] |" in lines["Q_bpb"]
