@@ -230,3 +230,26 @@ def test_ratio_outside_0_1_is_refused(tmp_path, capsys, value):
     assert_one_message(err, "", f"a ratio must be in (0, 1], got {float(value)}",
                        "e.g. 0.05 keeps 5% of the eligible examples")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["clean without labels", "labels missing an id", "labels not an object"])
+def test_bad_labels_stop_before_the_warm_up(tmp_path, capsys, tiny_model_dir, case):
+    """--labels and the `clean` oracle: a missing or bad labels file stops with exit 2, naming it, before any
+    warm-up or scoring writes a file."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"q{i}", "prompt": f"q {i}?", "completion": "an answer"}
+                                                 for i in range(6)])
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"q0": "clean", "q1": "swap"}) if case == "labels missing an id" else "[1, 2]")
+    extra = ["--method", "clean"] if case == "clean without labels" else ["--labels", str(labels)]
+    code, err, _ = run_main(["select", "--model", str(tiny_model_dir), "--data", str(pool), "--out",
+                             str(tmp_path / "out"), "--quiet", *extra], capsys)
+    assert code == 2
+    where, message, hint = {
+        "clean without labels": ("", "the clean oracle keeps the records a planted pool labels clean",
+                                 "pass --labels labels.json"),
+        "labels missing an id": (f"{labels}: ", "4 id(s) of the pool have no label, e.g. 'q2'",
+                                 "pass the labels.json that `grads data plant` wrote"),
+        "labels not an object": (f"{labels}: ", 'the labels are not a JSON object of id -> "clean" or a kind',
+                                 "pass the labels.json")}[case]
+    assert_one_message(err, where, message, hint)
+    assert not (tmp_path / "out" / "warmup").exists() and not (tmp_path / "out" / "score").exists()
