@@ -364,3 +364,17 @@ def test_noise_pilot_script_sets_clean_minus_full_against_the_threshold(tmp_path
     assert "| +0.1000 | 0.0283 | yes | [+0.1000, +0.1000] |" in lines["G_bpb"]
     assert "| -0.0010 | 0.0283 | no |" in lines["F_bpb"]
     assert "| +0.0700 | nan | n/a (no seed sd) | [+0.0700, +0.0700] |" in lines["Q_bpb"]
+
+
+def test_noise_figures_script_prints_the_detection_tables(tmp_path):
+    summary = {"noise": {"counts": {"clean": 6, "swap": 2}, "detection": {
+        "loss": {"auroc": 0.75, "direction": "high", "by_kind": {"swap": 0.75}},
+        "density": {"auroc": 0.9, "direction": "low", "by_kind": {"swap": 0.9}}},
+        "outputs": {"loss-0.5.jsonl": {"share": {"clean": 0.75, "swap": 0.25}, "kept": {"clean": 0.5, "swap": 0.5}}}}}
+    (tmp_path / "selection.json").write_text(json.dumps(summary))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_figures.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2] == "| density | low | 0.900 | 0.90 |" and lines[3] == "| loss | high | 0.750 | 0.75 |"
+    assert "| loss-0.5.jsonl | 25.0% | 0.50 | 0.50 |" in lines
