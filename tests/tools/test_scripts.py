@@ -378,3 +378,32 @@ def test_noise_figures_script_prints_the_detection_tables(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[2] == "| density | low | 0.900 | 0.90 |" and lines[3] == "| loss | high | 0.750 | 0.75 |"
     assert "| loss-0.5.jsonl | 25.0% | 0.50 | 0.50 |" in lines
+
+
+def test_noise_figures_script_redraws_the_random_rules_at_other_seeds(tmp_path):
+    """--seeds: `random`'s kept shares are the mean over those seeds of its draws from scores.parquet, recounted
+    here with grads' own rule; a rule that does not draw (loss) keeps the selection's own figures."""
+    from helpers import score_table
+
+    from grads.core.rules import select
+
+    rng = np.random.default_rng(0)
+    table = score_table(rng.random(40) + 0.5, rng.random(40) + 0.5, loss=rng.random(40))
+    table["label"] = ["swap" if i % 4 == 0 else "clean" for i in range(40)]
+    table.to_parquet(tmp_path / "scores.parquet")
+    loss_entry = {"share": {"clean": 0.5, "swap": 0.5}, "kept": {"clean": 0.3, "swap": 0.9}}
+    summary = {"settings": {"select": {"signal": "zsum", "bandwidth": "scott", "bandwidth_scale": 1.0,
+                                       "kde": "auto"}},
+               "outputs": {"random-0.5.jsonl": {"method": "random", "ratio": 0.5},
+                           "loss-0.5.jsonl": {"method": "loss", "ratio": 0.5}},
+               "noise": {"counts": {"clean": 30, "swap": 10}, "detection": {},
+                         "outputs": {"random-0.5.jsonl": loss_entry, "loss-0.5.jsonl": loss_entry}}}
+    (tmp_path / "selection.json").write_text(json.dumps(summary))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_figures.py"), str(tmp_path), "--seeds",
+                           "1", "2", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    swap_kept = np.mean([(table["label"].iloc[select(table, "random", 0.5, s)] == "swap").sum() / 10
+                         for s in (1, 2, 3)])
+    random_row = next(line for line in done.stdout.splitlines() if line.startswith("| random-0.5.jsonl"))
+    assert random_row.endswith(f"| {swap_kept:.2f} |")
+    assert "| loss-0.5.jsonl | 50.0% | 0.30 | 0.90 |" in done.stdout

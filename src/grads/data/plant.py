@@ -44,6 +44,9 @@ BOILERPLATE = (  # the non-answers of real pools (Alpaca's "N/A" outputs, refusa
     "As an AI language model, I cannot answer this question.",
 )
 CLEAN = "clean"
+# The planted records' own random stream: numpy seeded with `seed` alone is the stream every selection rule draws
+# from (grads.core.rules), so `random` at the same seed would keep exactly the records planted first
+PLANT_STREAM = 0x706C616E74
 _SWAP_TRIES = 100  # derangements tried for one where no swapped record gets a text equal to its own answer
 _TO_SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt", "tool": "human"}
 
@@ -223,7 +226,7 @@ def plant(records: Sequence[dict[str, Any]], fmt: str, ids: Sequence[str], count
     gives them), chosen at random with `seed`. `offdomain` holds the normalised chats that `offdomain` records are
     drawn from. The paths only name the files in errors."""
     n = len(records)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([PLANT_STREAM, seed])
     order = rng.permutation(n)
     answers = [answer_of(r, fmt) for r in records]
     words = [a.split() for a in answers]

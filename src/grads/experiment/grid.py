@@ -111,7 +111,7 @@ def _planted(cfg: ExperimentConfig, out: Path, pool: Path) -> Path:
     from grads.infra import atomic
 
     folder, plant = out / PLANTED, cfg.plant
-    if (folder / "plant.json").exists():
+    if (folder / "plant.json").exists() and (folder / "pool.jsonl").exists():
         return folder / "pool.jsonl"
     offdomain = plant.offdomain
     if offdomain in PREPARERS:
