@@ -3,7 +3,8 @@ both --labels (the planted records of a noisy pool) and --canaries N (noisy copi
 output and kind the share of the planted records the rule keeps beside the share of the canaries it keeps, and,
 over every output and kind both have, their Spearman correlation and largest gap. Run from the repository:
 
-    .venv/bin/python scripts/canary_check.py results/noisy-pilot-medmcqa-25/select-detect
+    .venv/bin/python scripts/canary_check.py results/noisy-pilot-medmcqa-25/select-theta1 \
+        --only grads gradnorm ifd length loss
 
 The warm-up saw the planted records and not the canaries, so the two may differ most for rules that read the
 warm-up's loss: the planted records were learned, the canaries never were.
@@ -38,8 +39,12 @@ def pairs(summary: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("select", type=Path, help="a `grads select` folder made with --labels and --canaries")
-    folder = parser.parse_args(argv).select
-    rows = pairs(json.loads((folder / "selection.json").read_text()))
+    parser.add_argument("--only", nargs="*", default=None, help="these methods only (e.g. the rules that draw nothing)")
+    args = parser.parse_args(argv)
+    summary = json.loads((args.select / "selection.json").read_text())
+    rows = pairs(summary)
+    if args.only:
+        rows = [r for r in rows if summary["outputs"][r["output"]]["method"] in args.only]
     print("| output | kind | planted kept | canaries kept | clean kept |")
     print("|---|---|---|---|---|")
     for r in rows:
