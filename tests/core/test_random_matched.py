@@ -39,32 +39,32 @@ def distinct_pool(n: int = 60, seed: int = 0) -> pd.DataFrame:
     return score_table(np.exp(rng.normal(size=n)), np.exp(rng.normal(size=n)), n_target=lengths)
 
 
-@pytest.mark.parametrize("ratio", [0.05, 0.5])
-def test_the_matched_subset_has_the_grads_count_and_answer_tokens(ratio):
-    table = pool()
+def matched_draws(table: pd.DataFrame, ratio: float, n_seeds: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The grads subset and `random-matched` at seeds 0..n_seeds-1, each checked: the subset's count, distinct
+    sorted rows, answer tokens within MATCH_TOKEN_RTOL; every seed another draw."""
     lengths = table["n_target_tokens"].to_numpy()
     grads = select(table, "grads", ratio, 0)
-    draws = [select(table, "random-matched", ratio, seed) for seed in range(3)]
+    draws = [select(table, "random-matched", ratio, seed) for seed in range(n_seeds)]
     for matched in draws:
         assert len(matched) == len(grads) and len(set(matched)) == len(matched)
         assert abs(lengths[matched].sum() - lengths[grads].sum()) <= MATCH_TOKEN_RTOL * lengths[grads].sum()
         assert list(matched) == sorted(matched)
-    assert len({tuple(m) for m in draws}) == 3  # another seed, another draw
+    assert len({tuple(m) for m in draws}) == n_seeds  # another seed, another draw
+    return grads, draws
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.5])
+def test_the_matched_subset_has_the_grads_count_and_answer_tokens(ratio):
+    table = pool()
+    grads, draws = matched_draws(table, ratio, 3)
     if ratio == 0.05:  # a random draw, not the grads subset itself
         assert len(set(draws[0]) & set(grads)) < len(grads) / 4
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5])
 def test_on_a_pool_of_distinct_lengths_the_control_is_not_its_target(ratio):
-    table = distinct_pool()
-    lengths = table["n_target_tokens"].to_numpy()
-    grads = select(table, "grads", ratio, 0)
-    draws = [select(table, "random-matched", ratio, seed) for seed in range(4)]
-    for matched in draws:
-        assert len(matched) == len(grads)
-        assert abs(lengths[matched].sum() - lengths[grads].sum()) <= MATCH_TOKEN_RTOL * lengths[grads].sum()
-        assert len(set(matched) & set(grads)) < len(grads)
-    assert len({tuple(m) for m in draws}) == 4
+    grads, draws = matched_draws(distinct_pool(), ratio, 4)
+    assert all(len(set(matched) & set(grads)) < len(grads) for matched in draws)
     # over seeds it shares about what the windows allow, far from the whole subset
     mean_shared = np.mean([len(set(m) & set(grads)) for m in draws])
     assert mean_shared < 0.8 * len(grads)
