@@ -85,7 +85,7 @@ def _select(job: SelectJob, info, progress: bool, log) -> dict:
         read_labels(sel.labels, pool.dataset.data.column("id").to_pylist())
     if sel.canaries and distributed.world_size() > 1:
         raise GradsError("--canaries runs in one process", hint="select without a launcher, or without --canaries")
-    elif "clean" in sel.methods and sel.labels is None:
+    if "clean" in sel.methods and sel.labels is None:
         raise GradsError("the clean oracle keeps the records a planted pool labels clean: it needs their labels",
                          hint="pass --labels labels.json (`grads data plant` writes it)")
 

@@ -22,6 +22,7 @@ from scipy.stats import rankdata
 if TYPE_CHECKING:  # tables are pandas DataFrames
     import pandas as pd
 
+from grads.core.rules import ifd_scores
 from grads.core.signals import DensitySpec, combined_signal, density, eligible
 
 CLEAN = "clean"
@@ -53,8 +54,7 @@ DETECTORS: dict[str, tuple[Callable[[pd.DataFrame, DensitySpec], np.ndarray], tu
     "combined_length_residual": (lambda table, cfg: combined_signal(table, "zsum-length-residual"),
                                  ("emb_grad_norm", "head_grad_norm", "n_target_tokens")),
     "density": (lambda table, cfg: density(table, cfg)[1], ("emb_grad_norm", "head_grad_norm")),
-    "ifd": (lambda table, cfg: table["loss"].to_numpy(float) / table["answer_only_loss"].to_numpy(float),
-            ("loss", "answer_only_loss")),
+    "ifd": (lambda table, cfg: ifd_scores(table), ("loss", "answer_only_loss")),
     "n_target_tokens": (_column("n_target_tokens"), ("n_target_tokens",)),
 }
 

@@ -77,7 +77,7 @@ def score_canaries(job: SelectJob, score_fingerprint: str, scoring_model: str, l
 def canary_summary(frame: pd.DataFrame, outputs: dict, job: SelectJob) -> dict:
     """selection.json's `canaries`: per output, how many canaries of each kind its rule keeps when run on the pool
     with the canaries added, and the share of the pool's own eligible rows it keeps then."""
-    from grads.core.rules import select
+    from grads.core.rules import rule_of, select
     from grads.core.signals import eligible
     from grads.stages.score import needed_columns, read_scores
 
@@ -96,8 +96,8 @@ def canary_summary(frame: pd.DataFrame, outputs: dict, job: SelectJob) -> dict:
     for name, entry in outputs.items():
         if entry["method"] == "clean":  # the oracle reads the planted labels, which canaries do not have
             continue
-        picked = select(both, entry["method"], None if entry["method"] == "grads-auto" else entry["ratio"], sel.seed,
-                        sel.spec())
+        ratio = entry["ratio"] if rule_of(entry["method"]).takes_ratio else None  # grads-auto chooses its own
+        picked = select(both, entry["method"], ratio, sel.seed, sel.spec())
         mask = np.zeros(len(both), bool)
         mask[picked] = True
         out[name] = {"kept": {k: int((mask & (kinds == k)).sum()) for k in counts},
